@@ -1,0 +1,1 @@
+"""criupy-blobgen: builds the parasite and restorer blobs into Python modules."""

@@ -1,0 +1,3 @@
+from criupy.cli import main
+
+raise SystemExit(main())
