@@ -1,0 +1,105 @@
+"""The `criupy` command: a thin layer over the library.
+
+Each subcommand parses its options, calls one library function and turns a CriupyError into
+`criupy: <message>` on stderr with exit status 1. Modules are imported inside the command that needs
+them, so that a command starts fast.
+"""
+
+import argparse
+import logging
+import sys
+
+from criupy.errors import CriupyError
+
+
+def _setup_logging(args):
+    """-o FILE sends the log to FILE; -v adds detail. Without -o only warnings reach stderr."""
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logger = logging.getLogger("criupy")
+    logger.setLevel(level)
+    if args.log_file:
+        handler = logging.FileHandler(args.log_file)
+        handler.setFormatter(logging.Formatter("%(relativeCreated)8.1f ms %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(level if args.verbose else logging.WARNING)
+        handler.setFormatter(logging.Formatter("criupy: %(message)s"))
+    logger.addHandler(handler)
+
+
+def cmd_check(args):
+    from criupy.check import check
+
+    return 0 if check() else 1
+
+
+def cmd_dump(args):
+    from criupy.dump import dump
+
+    dump(args.tree, args.images_dir, leave_running=args.leave_running, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_restore(args):
+    from criupy.restore import restore
+
+    result = restore(args.images_dir, detach=args.restore_detached, pidfile=args.pidfile)
+    # Detached: the restored PID was the answer and is in the pidfile; else the exit status.
+    return 0 if args.restore_detached else result
+
+
+def cmd_show(args):
+    from criupy.images.show import show
+
+    print(show(args.path))
+    return 0
+
+
+def cmd_demo(args):
+    from criupy.demo import demo
+
+    return demo()
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="criupy", description="Checkpoint and restore Linux process trees.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, function, help):
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(function=function)
+        sub.add_argument("-o", "--log-file", metavar="FILE", help="write a log to FILE")
+        sub.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+        return sub
+
+    command("check", cmd_check, "report whether this kernel has what criupy needs")
+
+    dump = command("dump", cmd_dump, "dump the process tree rooted at PID into DIR")
+    dump.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="root of the tree to dump")
+    dump.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="directory for the images")
+    dump.add_argument("-R", "--leave-running", action="store_true", help="resume the tree after the dump")
+    dump.add_argument("--overwrite", action="store_true", help="replace images already in DIR")
+
+    restore = command("restore", cmd_restore, "restore the process tree dumped in DIR")
+    restore.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="directory holding the images")
+    restore.add_argument("-d", "--restore-detached", action="store_true", help="return once the tree runs")
+    restore.add_argument("--pidfile", metavar="FILE", help="write the restored PID to FILE")
+
+    show = command("show", cmd_show, "print images (a directory or one file) as JSON, as crit show does")
+    show.add_argument("path", metavar="DIR|FILE")
+
+    command("demo", cmd_demo, "start an example program, dump it, restore it, and show it going on")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    _setup_logging(args)
+    try:
+        return args.function(args)
+    except CriupyError as e:
+        print(f"criupy: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("criupy: interrupted", file=sys.stderr)
+        return 130
