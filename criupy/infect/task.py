@@ -1,0 +1,449 @@
+"""One seized task: seize, save its state, run system calls in it, and give it back untouched (cure).
+
+The steps follow CRIU's compel: PTRACE_SEIZE + PTRACE_INTERRUPT stop the task without a signal it could
+see; its registers, XSAVE area and signal mask are saved; a `syscall; int3` trampoline written over the
+first bytes of an executable mapping runs one system call at a time; cure puts every byte and register
+back and detaches. Each step records what it changed before changing it, so cure can undo whatever
+happened, from any point, whatever went wrong.
+"""
+
+import contextlib
+import errno
+import os
+import signal
+
+import capstone
+import keystone
+
+from criupy import proc
+from criupy.errors import CriupyError
+from criupy.infect import trace
+
+SYS_mmap = 9
+SYS_munmap = 11
+SYS_close = 3
+SYS_getpid = 39
+
+# Kernel-internal "restart me" results a task stopped inside a system call may show in rax.
+ERESTARTSYS = 512
+ERESTARTNOINTR = 513
+ERESTARTNOHAND = 514
+ERESTART_RESTARTBLOCK = 516
+RESTART_CODES = (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK)
+
+STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+# Signals the CPU raises for the instruction that faulted: only our injected code can cause them while
+# every other signal is blocked.
+FAULT_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP)
+
+# All signals blocked while our code runs in the task, except SIGTRAP: blocking a signal the kernel
+# forces (int3) makes it reset the task's handler to the default (CRIU's issue 1429).
+INJECTED_SIGMASK = 0xFFFFFFFFFFFFFFFF & ~(1 << (signal.SIGTRAP - 1))
+
+EFLAGS_TF = 0x100  # single-step
+EFLAGS_DF = 0x400  # string direction: the ABI wants it clear on entry
+
+PF_KTHREAD = 0x00200000
+
+_ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
+TRAMPOLINE = bytes(_ks.asm("syscall; int3")[0])
+TRAMPOLINE_AREA = 64  # bytes of the executable mapping we may borrow: trampoline + small arguments
+TRAMPOLINE_DATA_OFFSET = 8  # where small arguments (a memfd name) go, after the code
+
+
+class TaskGone(CriupyError):
+    """The task exited or was killed while seized."""
+
+
+class ParasiteFault(CriupyError):
+    """Injected code crashed or stopped where it should not."""
+
+
+def _signed(value):
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# --- criupy's own SIGINT / SIGTERM while tasks are seized ---------------------------------------------
+
+_seized_count = 0
+_previous_sigterm = None
+
+
+def _raise_on_sigterm(signum, frame):
+    raise CriupyError("criupy got SIGTERM")
+
+
+def _enter_seized():
+    """While any task is seized, SIGTERM raises like SIGINT does, so the finally/with blocks cure."""
+    global _seized_count, _previous_sigterm
+    _seized_count += 1
+    if _seized_count == 1:
+        with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
+            _previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+
+
+def _leave_seized():
+    global _seized_count, _previous_sigterm
+    _seized_count -= 1
+    if _seized_count == 0 and _previous_sigterm is not None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, _previous_sigterm)
+        _previous_sigterm = None
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Hold SIGINT and SIGTERM for the span of a step that must not be cut in half (seize, cure).
+
+    A signal that came meanwhile raises when the block ends, at a point where cure knows the state.
+    """
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# --- the seized task ----------------------------------------------------------------------------------
+
+
+def _check_seizable(pid):
+    if pid == os.getpid():
+        raise CriupyError(f"PID {pid} is criupy itself")
+    if pid in proc.task_ids(os.getpid()):
+        raise CriupyError(f"PID {pid} is a thread of criupy itself")
+    status = proc.status(pid)
+    stat_fields = proc._read_text(pid, "stat").rsplit(")", 1)[1].split()
+    if int(stat_fields[6]) & PF_KTHREAD:
+        raise CriupyError(f"PID {pid} is a kernel thread")
+    state = status["State"].split()[0]
+    if state in ("Z", "X"):
+        raise CriupyError(f"PID {pid} is a zombie")
+    if status.get("TracerPid", "0") != "0":
+        raise CriupyError(f"PID {pid} is already traced by PID {status['TracerPid']}")
+    return state
+
+
+class Task:
+    """A task (thread) held with ptrace. See criupy.infect.seize()."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.was_stopped = False  # in job-control stop when seized: left stopped after cure
+        self.regs = None          # user_regs_struct as seized; what cure puts back
+        self.xsave = None         # bytes: the XSAVE area as seized
+        self.sigmask = None       # int: the blocked-signal mask as seized
+        self.parasite = None
+        self._attached = False
+        self._holds_seized_count = False
+        self._in_stop = False     # in a ptrace stop, so registers may be read and written
+        self._injected_mask_set = False
+        self._trampoline = None   # (address, original bytes) of the borrowed code area
+        self._stop_signal = 0     # a stop signal we held back while our code ran: sent again at cure
+        self._signals_to_resend = []
+
+    # seize ------------------------------------------------------------------------------------------
+
+    def _seize(self):
+        state = _check_seizable(self.pid)
+        self.was_stopped = state == "T"
+        try:
+            trace.request(trace.PTRACE_SEIZE, self.pid, 0, trace.PTRACE_O_TRACESYSGOOD)
+        except trace.PtraceError as e:
+            if e.errno == errno.ESRCH:
+                raise CriupyError(f"no process with PID {self.pid}") from None
+            if e.errno == errno.EPERM:
+                raise CriupyError(f"not permitted to trace PID {self.pid} (already traced?)") from None
+            raise CriupyError(f"cannot seize PID {self.pid}: {os.strerror(e.errno)}") from None
+        self._attached = True
+        _enter_seized()
+        self._holds_seized_count = True
+        try:
+            trace.request(trace.PTRACE_INTERRUPT, self.pid)
+            self._wait_for_interrupt_stop()
+            self.regs = trace.ptrace_getregs(self.pid)
+            self.xsave = trace.get_xstate(self.pid)
+            self.sigmask = trace.get_sigmask(self.pid)
+        except BaseException:
+            self.cure()
+            raise
+
+    def _wait_for_interrupt_stop(self):
+        while True:
+            status = self._wait()
+            event = trace.event_of(status)
+            if event == trace.PTRACE_EVENT_STOP:
+                # the PTRACE_INTERRUPT stop, or the group-stop of a task that was (or just got) stopped
+                self._in_stop = True
+                return
+            # a signal-delivery-stop that raced with the interrupt: let the task have its signal
+            sig = os.WSTOPSIG(status)
+            trace.request(trace.PTRACE_CONT, self.pid, 0, sig)
+
+    def _wait(self, block=True):
+        """One wait status of the task; raises TaskGone when it exited."""
+        try:
+            status = trace.wait_stop(self.pid, block)
+        except ChildProcessError:
+            self._release()
+            raise TaskGone(f"PID {self.pid} is gone") from None
+        if status is not None and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            self._release()
+            raise TaskGone(f"PID {self.pid} exited while seized")
+        return status
+
+    # registers ----------------------------------------------------------------------------------------
+
+    def restartable_regs(self):
+        """The seized registers as they must be dumped: a system call the task was stopped in is re-run.
+
+        A task interrupted inside a system call shows orig_rax = the call and rax = -ERESTART*; the kernel
+        would restart the call on resume, but a restored task resumes by sigreturn, which does not.
+        So rewind rip over the 2-byte `syscall` and put the call number back in rax. The restart block of
+        -ERESTART_RESTARTBLOCK (nanosleep's remaining time...) does not survive restore either, so that
+        call is re-run from the start too.
+        """
+        regs = trace.copy_regs(self.regs)
+        if _signed(regs.orig_rax) >= 0 and -_signed(regs.rax) in RESTART_CODES:
+            regs.rax = regs.orig_rax
+            regs.rip -= 2
+        regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+        return regs
+
+    # remote system calls --------------------------------------------------------------------------
+
+    def _trampoline_address(self):
+        """Where to write the trampoline: the start of the first plain executable mapping (as CRIU)."""
+        if self._trampoline is not None:
+            return self._trampoline[0]
+        for m in proc.maps(self.pid):
+            if "x" in m.perms and not m.path.startswith("[") and m.size >= TRAMPOLINE_AREA:
+                address = m.start
+                break
+        else:
+            raise CriupyError(f"PID {self.pid} has no executable mapping to run system calls from")
+        if address <= self.regs.rip < address + TRAMPOLINE_AREA:
+            raise CriupyError(f"PID {self.pid} is executing the code criupy would borrow at {address:#x}")
+        original = trace.read_memory(self.pid, address, TRAMPOLINE_AREA)
+        # What we borrow must read back as what it was: look at it as code, so a log or a bug report
+        # shows what was there; a mapping whose start is not code is just as restorable, bytes are bytes.
+        self.borrowed_code = [
+            f"{i.mnemonic} {i.op_str}".strip()
+            for i in capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64).disasm(original, address)
+        ]
+        self._trampoline = (address, original)
+        return address
+
+    def _restore_trampoline(self):
+        if self._trampoline is None:
+            return
+        address, original = self._trampoline
+        trace.write_memory(self.pid, address, original)
+        if trace.read_memory(self.pid, address, len(original)) != original:
+            raise CriupyError(f"could not put back the code of PID {self.pid} at {address:#x}")
+
+    def _block_signals(self):
+        if not self._injected_mask_set:
+            self._injected_mask_set = True
+            trace.set_sigmask(self.pid, INJECTED_SIGMASK)
+
+    def _run_regs(self, ip):
+        """Registers to start injected code at ip: the seized ones, with the kernel's restart logic off."""
+        regs = trace.copy_regs(self.regs)
+        regs.rip = ip
+        regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+        regs.eflags &= ~(EFLAGS_TF | EFLAGS_DF)
+        return regs
+
+    def syscall(self, nr, *args, data=b""):
+        """Run system call nr with up to 6 integer args in the task; returns rax (negative errno on error).
+
+        data (at most 56 bytes) is placed next to the trampoline; an arg may be the result of
+        data_address() to point at it.
+        """
+        if self.parasite is not None and self.parasite.running:
+            raise CriupyError("cannot run a system call while the parasite runs")
+        if len(args) > 6 or len(data) > TRAMPOLINE_AREA - TRAMPOLINE_DATA_OFFSET:
+            raise ValueError("too many syscall arguments or too much data")
+        self._require_stop()
+        ip = self._trampoline_address()
+        self._block_signals()
+        regs = self._run_regs(ip)
+        regs.rax = nr
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
+        trace.write_memory(self.pid, ip, TRAMPOLINE + data)
+        try:
+            trace.ptrace_setregs(self.pid, regs)
+            self._resume()
+            self._wait_for_trap(ip, ip + len(TRAMPOLINE))
+            result = trace.ptrace_getregs(self.pid).rax
+        finally:
+            if self._in_stop:
+                self._restore_trampoline()
+        return _signed(result)
+
+    def data_address(self):
+        return self._trampoline_address() + TRAMPOLINE_DATA_OFFSET
+
+    def _require_stop(self):
+        if not self._attached:
+            raise CriupyError(f"PID {self.pid} is not seized")
+        if not self._in_stop:
+            raise CriupyError(f"PID {self.pid} is running, not stopped")
+
+    def _resume(self):
+        trace.request(trace.PTRACE_CONT, self.pid, 0, 0)
+        self._in_stop = False
+
+    def _wait_for_trap(self, start, end, block=True):
+        """Wait until the task traps at an int3 in [start, end]; None if block=False and still running.
+
+        Stops on the way are handled: a stop signal is held back (and sent again at cure), a fault is
+        a ParasiteFault (not delivered: the task must never see it), anything else is not ours.
+        """
+        while True:
+            status = self._wait(block)
+            if status is None:
+                return None
+            self._in_stop = True
+            sig = os.WSTOPSIG(status)
+            if trace.event_of(status) == trace.PTRACE_EVENT_STOP:
+                # group-stop (another thread's SIGSTOP) or a PTRACE_INTERRUPT: remember and go on
+                if sig in STOP_SIGNALS:
+                    self._stop_signal = sig
+                self._resume()
+                continue
+            info = trace.ptrace_getsiginfo(self.pid)
+            if sig == signal.SIGTRAP and info.si_code == trace.SI_KERNEL:
+                rip = trace.ptrace_getregs(self.pid).rip
+                if start <= rip <= end:
+                    return status
+                raise ParasiteFault(f"PID {self.pid} trapped at an unexpected address {rip:#x}")
+            if sig in STOP_SIGNALS:
+                self._stop_signal = sig
+                self._resume()
+                continue
+            if sig in FAULT_SIGNALS and info.si_code > 0:
+                rip = trace.ptrace_getregs(self.pid).rip
+                raise ParasiteFault(
+                    f"injected code faulted in PID {self.pid}: signal {signal.Signals(sig).name} at {rip:#x}"
+                )
+            # a signal sent to the task that our mask could not hold (SIGTRAP): give it back at cure
+            self._signals_to_resend.append(sig)
+            self._resume()
+
+    def _interrupt(self):
+        """Stop the task, wherever it is (our code, a blocking call), for cure."""
+        if self._in_stop:
+            return
+        trace.request(trace.PTRACE_INTERRUPT, self.pid)
+        while not self._in_stop:
+            status = self._wait()
+            self._in_stop = True
+            sig = os.WSTOPSIG(status)
+            if trace.event_of(status) == trace.PTRACE_EVENT_STOP:
+                return
+            # a signal-delivery-stop came first: keep what it means, drop the signal, wait for the trap
+            if sig in STOP_SIGNALS:
+                self._stop_signal = sig
+            elif sig not in FAULT_SIGNALS:
+                self._signals_to_resend.append(sig)
+            self._resume()
+
+    # parasite -------------------------------------------------------------------------------------
+
+    def infect(self):
+        """Load the parasite and connect to it; returns the Parasite (see criupy.infect.parasite)."""
+        from criupy.infect.parasite import Parasite
+
+        if self.parasite is not None:
+            raise CriupyError(f"PID {self.pid} is already infected")
+        self.parasite = Parasite(self)
+        self.parasite.start()
+        return self.parasite
+
+    # cure -----------------------------------------------------------------------------------------
+
+    def cure(self):
+        """Put the task back exactly as it was seized and detach. Safe to call at any point, twice too."""
+        if not self._attached:
+            return
+        with deferred_signals():
+            problems = []
+
+            def attempt(step, *args):
+                try:
+                    step(*args)
+                except TaskGone:
+                    raise
+                except Exception as e:  # keep curing: every later step still matters
+                    problems.append(e)
+
+            try:
+                if self.parasite is not None:
+                    attempt(self.parasite.stop)
+                attempt(self._interrupt)
+                if self.parasite is not None:
+                    attempt(self.parasite.unload)
+                attempt(self._restore_trampoline)
+                attempt(trace.ptrace_setregs, self.pid, self.regs)
+                attempt(trace.set_xstate, self.pid, self.xsave)
+                attempt(trace.set_sigmask, self.pid, self.sigmask)
+                for sig in self._signals_to_resend:
+                    attempt(os.kill, self.pid, sig)
+                if self._stop_signal:
+                    # held back while our code ran: the task stops after detach, as it would have
+                    attempt(os.kill, self.pid, self._stop_signal)
+                attempt(trace.request, trace.PTRACE_DETACH, self.pid, 0, 0)
+            except TaskGone:
+                pass
+            finally:
+                self._release()
+            if problems:
+                raise CriupyError(f"curing PID {self.pid}: {problems[0]}")
+
+    def kill(self):
+        """SIGKILL the task (the end of a dump without --leave-running); works seized or cured."""
+        with deferred_signals():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if self._attached:
+                # a traced task reports its death to us: collect that report (and detach for good)
+                with contextlib.suppress(TaskGone):
+                    while True:
+                        self._wait()
+            self._release()
+
+    def _release(self):
+        """Forget the task: it is detached or gone."""
+        if self.parasite is not None:
+            self.parasite.close()
+        self._attached = False
+        self._in_stop = False
+        if self._holds_seized_count:
+            self._holds_seized_count = False
+            _leave_seized()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cure()
+
+
+def seize(pid):
+    """Seize task PID: stopped, its registers, XSAVE area and signal mask saved. Always cure() it."""
+    task = Task(pid)
+    with deferred_signals():
+        task._seize()
+        try:
+            # a SIGINT/SIGTERM that came during the seize raises here, while we can still cure
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        except BaseException:
+            task.cure()
+            raise
+    return task
