@@ -1,0 +1,358 @@
+/*
+ * The restorer: runs inside the task being restored, after criupy's Python (copied into the task by
+ * clone3) has called restorer_entry. It throws away everything of criupy's, builds the dumped
+ * address space, puts back the per-process and per-thread state that must be set from inside, and
+ * returns into the dumped code with rt_sigreturn.
+ *
+ * Any failure logs one line (read by criupy) and exits; criupy then reports that line.
+ */
+#include <asm/mman.h>
+#include <asm/fcntl.h>
+#include <asm/prctl.h>
+#include <asm/signal.h>
+#include <linux/signal.h>
+#include <linux/capability.h>
+#include <linux/close_range.h>
+#include <linux/mman.h>
+#include <linux/prctl.h>
+#include <linux/securebits.h>
+#include <linux/time.h>
+#include <linux/uio.h>
+
+#include <pie/log.h>
+#include <pie/string.h>
+#include <pie/syscall.h>
+
+#include "restorer.h"
+#include "sigframe.h"
+
+#ifndef PR_TIMER_CREATE_RESTORE_IDS
+#define PR_TIMER_CREATE_RESTORE_IDS 77
+#endif
+#define SIGEV_THREAD_ID 4
+#define PREADV_MAX_IOVS 1024 /* UIO_MAXIOV */
+
+void restorer_trap(void);
+void __attribute__((noreturn)) restorer_sigreturn(unsigned long frame);
+
+static void __attribute__((noreturn)) fail(void)
+{
+	sys_exit_group(1);
+}
+
+/* A system call that must work: on failure log what was tried and give up. */
+#define must(call, what, ...)                                                      \
+	do {                                                                       \
+		long __ret = (call);                                               \
+		if (__ret < 0 && __ret > -4096) {                                  \
+			pr_err("restorer: " what " failed: errno %ld", ##__VA_ARGS__, -__ret); \
+			fail();                                                    \
+		}                                                                  \
+	} while (0)
+
+static void block_all_signals(void)
+{
+	__u64 all = ~0ULL;
+
+	must(sys_call4(__NR_rt_sigprocmask, SIG_SETMASK, (long)&all, 0, sizeof(all)), "blocking signals");
+}
+
+/* Wait until criupy has seized us: the trap at the end must find a tracer. */
+static void wait_for_tracer(struct rst_args *a)
+{
+	char go;
+
+	if (sys_read(a->sync_fd, &go, 1) != 1) {
+		pr_err("restorer: criupy went away before the restore started");
+		fail();
+	}
+}
+
+/* Move the kernel's vDSO areas into our own mapping, out of the way of the tear-down. */
+static void park_special_vmas(struct rst_args *a)
+{
+	struct rst_special_vma *s = (void *)a->specials;
+
+	for (unsigned i = 0; i < a->nr_specials; i++)
+		must(sys_call5(__NR_mremap, s[i].current, s[i].size, s[i].size, MREMAP_MAYMOVE | MREMAP_FIXED,
+			       s[i].parked),
+		     "parking the vDSO area at %lx", (unsigned long)s[i].current);
+}
+
+static void unpark_special_vmas(struct rst_args *a)
+{
+	struct rst_special_vma *s = (void *)a->specials;
+
+	for (unsigned i = 0; i < a->nr_specials; i++) {
+		if (!s[i].dumped) {
+			must(sys_munmap((void *)s[i].parked, s[i].size), "dropping an undumped vDSO area");
+			continue;
+		}
+		must(sys_call5(__NR_mremap, s[i].parked, s[i].size, s[i].size, MREMAP_MAYMOVE | MREMAP_FIXED,
+			       s[i].dumped),
+		     "moving the vDSO area to %lx", (unsigned long)s[i].dumped);
+	}
+}
+
+/* Everything below and above our own mapping goes: criupy's Python, its heap, its stack. */
+static void unmap_everything_else(struct rst_args *a)
+{
+	unsigned long region_end = a->region_start + a->region_size;
+
+	if (a->region_start)
+		must(sys_munmap(0, a->region_start), "unmapping below the restorer");
+	must(sys_munmap((void *)region_end, a->task_size - region_end), "unmapping above the restorer");
+}
+
+static void map_vmas(struct rst_args *a)
+{
+	struct rst_vma *v = (void *)a->vmas;
+
+	for (unsigned i = 0; i < a->nr_vmas; i++) {
+		unsigned long len = v[i].end - v[i].start;
+		int prot = v[i].prot | (v[i].fill ? PROT_WRITE : 0);
+		long addr = sys_mmap((void *)v[i].start, len, prot, v[i].flags | MAP_FIXED_NOREPLACE, v[i].fd,
+				     v[i].pgoff);
+
+		if (addr != (long)v[i].start) {
+			pr_err("restorer: mapping %lx-%lx failed: errno %ld", (unsigned long)v[i].start,
+			       (unsigned long)v[i].end, addr < 0 ? -addr : 0L);
+			fail();
+		}
+	}
+}
+
+/* Read pages-N.img straight into the pages' final places, many vectors per call. */
+static void fill_pages(struct rst_args *a)
+{
+	struct iovec *iov = (void *)a->iovs;
+	unsigned long left = a->nr_iovs;
+	unsigned long offset = 0;
+
+	while (left) {
+		unsigned long count = left < PREADV_MAX_IOVS ? left : PREADV_MAX_IOVS;
+		long got = sys_call5(__NR_preadv, a->pages_fd, (long)iov, count, offset, 0);
+
+		if (got <= 0) {
+			pr_err("restorer: reading the pages image at offset %lu failed: %s %ld", offset,
+			       got ? "errno" : "end of file, short by at least", got ? -got : (long)iov->iov_len);
+			fail();
+		}
+		offset += got;
+		/* Skip the vectors read in full; a short read leaves one partly filled. */
+		while (left && (unsigned long)got >= iov->iov_len) {
+			got -= iov->iov_len;
+			iov++;
+			left--;
+		}
+		if (left && got) {
+			iov->iov_base = (char *)iov->iov_base + got;
+			iov->iov_len -= got;
+		}
+	}
+}
+
+static void finish_vmas(struct rst_args *a)
+{
+	struct rst_vma *v = (void *)a->vmas;
+
+	for (unsigned i = 0; i < a->nr_vmas; i++) {
+		unsigned long len = v[i].end - v[i].start;
+
+		if (v[i].fill && !(v[i].prot & PROT_WRITE))
+			must(sys_mprotect((void *)v[i].start, len, v[i].prot), "mprotect of %lx",
+			     (unsigned long)v[i].start);
+		for (int advice = 0; advice < 64; advice++)
+			if (v[i].madv & (1ULL << advice))
+				must(sys_call3(__NR_madvise, v[i].start, len, advice), "madvise %d of %lx", advice,
+				     (unsigned long)v[i].start);
+	}
+}
+
+/*
+ * Put every dumped fd at its number. criupy placed the open files at fds >= first_own_fd, above
+ * every target, so nothing below it is needed any more: criupy's own fds there are closed first.
+ */
+static void restore_fds(struct rst_args *a)
+{
+	struct rst_fd *f = (void *)a->fds;
+
+	if (a->first_own_fd > 0)
+		must(sys_call3(__NR_close_range, 0, a->first_own_fd - 1, 0), "closing criupy's fds");
+	for (unsigned i = 0; i < a->nr_fds; i++)
+		must(sys_call3(__NR_dup3, f[i].source, f[i].target, f[i].cloexec ? O_CLOEXEC : 0),
+		     "placing fd %d", f[i].target);
+}
+
+static void restore_fs_and_session(struct rst_args *a)
+{
+	sys_call1(__NR_umask, a->umask);
+	if (a->root_fd >= 0) {
+		must(sys_call1(__NR_fchdir, a->root_fd), "changing to the root directory");
+		must(sys_call1(__NR_chroot, (long)"."), "chroot");
+	}
+	if (a->cwd_fd >= 0)
+		must(sys_call1(__NR_fchdir, a->cwd_fd), "changing to the working directory");
+	if (a->new_session)
+		must(sys_call0(__NR_setsid), "setsid");
+	if (a->pgid && sys_call1(__NR_getpgid, 0) != a->pgid)
+		must(sys_call2(__NR_setpgid, 0, a->pgid), "joining process group %d", a->pgid);
+	must(sys_call1(__NR_personality, a->personality), "personality");
+}
+
+static void restore_mm(struct rst_args *a)
+{
+	must(sys_call5(__NR_prctl, PR_SET_MM, PR_SET_MM_MAP, (long)&a->mm, sizeof(a->mm), 0),
+	     "setting the mm fields (PR_SET_MM_MAP)");
+}
+
+static void restore_sigaction(struct rst_args *a, int sig)
+{
+	must(sys_call4(__NR_rt_sigaction, sig, (long)&a->sigactions[sig - 1], 0, sizeof(__u64)),
+	     "restoring the action of signal %d", sig);
+}
+
+/* All actions but SIGTRAP's: the trap that hands us to criupy must meet the default one. */
+static void restore_sigactions(struct rst_args *a)
+{
+	for (int sig = 1; sig <= RST_NR_SIGNALS; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP && sig != SIGTRAP)
+			restore_sigaction(a, sig);
+}
+
+static void restore_timers(struct rst_args *a)
+{
+	struct rst_posix_timer *t = (void *)a->posix_timers;
+
+	for (int which = 0; which < 3; which++)
+		must(sys_call3(__NR_setitimer, which, (long)&a->itimers[which], 0), "setitimer %d", which);
+
+	if (!a->nr_posix_timers)
+		return;
+	/* Lets timer_create take the ID we ask for (Linux 6.17 and later). */
+	must(sys_call2(__NR_prctl, PR_TIMER_CREATE_RESTORE_IDS, 1), "PR_TIMER_CREATE_RESTORE_IDS");
+	for (unsigned i = 0; i < a->nr_posix_timers; i++) {
+		struct {
+			__u64 value;
+			__s32 signo, notify;
+			__s32 tid, pad[11];
+		} event = { .value = t[i].sival, .signo = t[i].signo, .notify = t[i].notify, .tid = t[i].notify_tid };
+		struct { __u64 interval_sec, interval_nsec, value_sec, value_nsec; } spec = {
+			t[i].interval_sec, t[i].interval_nsec, t[i].value_sec, t[i].value_nsec };
+		__s32 id = t[i].id;
+
+		must(sys_call3(__NR_timer_create, t[i].clock_id, (long)&event, (long)&id), "creating POSIX timer %d",
+		     t[i].id);
+		if (id != t[i].id) {
+			pr_err("restorer: POSIX timer %d came back as %d", t[i].id, id);
+			fail();
+		}
+		must(sys_call4(__NR_timer_settime, id, 0, (long)&spec, 0), "arming POSIX timer %d", id);
+	}
+	must(sys_call2(__NR_prctl, PR_TIMER_CREATE_RESTORE_IDS, 0), "PR_TIMER_CREATE_RESTORE_IDS off");
+}
+
+static void restore_rlimits(struct rst_args *a)
+{
+	for (unsigned i = 0; i < a->nr_rlimits; i++)
+		must(sys_call4(__NR_prlimit64, 0, i, (long)&a->rlimits[i], 0), "setting rlimit %u", i);
+}
+
+/* Credentials go last: they may drop the privileges everything before needs. */
+static void restore_creds(struct rst_args *a)
+{
+	struct rst_creds *c = &a->creds;
+	struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct data[2];
+
+	if (!c->present)
+		return;
+	/* Keep the capabilities across the uid change; the dumped securebits follow. */
+	must(sys_call2(__NR_prctl, PR_SET_SECUREBITS, 1 << SECURE_NO_SETUID_FIXUP), "PR_SET_SECUREBITS");
+	must(sys_call2(__NR_setgroups, c->nr_groups, c->groups), "setgroups");
+	must(sys_call3(__NR_setresgid, c->gid, c->egid, c->sgid), "setresgid");
+	sys_call1(__NR_setfsgid, c->fsgid);
+	must(sys_call3(__NR_setresuid, c->uid, c->euid, c->suid), "setresuid");
+	sys_call1(__NR_setfsuid, c->fsuid);
+
+	for (unsigned cap = 0; cap <= c->last_cap; cap++)
+		if (!(c->cap_bnd[cap / 32] & (1U << (cap % 32))))
+			must(sys_call2(__NR_prctl, PR_CAPBSET_DROP, cap), "dropping capability %u", cap);
+	must(sys_call2(__NR_prctl, PR_SET_SECUREBITS, c->secbits), "PR_SET_SECUREBITS");
+	for (int i = 0; i < 2; i++) {
+		data[i].effective = c->cap_eff[i];
+		data[i].permitted = c->cap_prm[i];
+		data[i].inheritable = c->cap_inh[i];
+	}
+	must(sys_call2(__NR_capset, (long)&header, (long)data), "capset");
+	must(sys_call5(__NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient caps");
+	for (unsigned cap = 0; cap <= c->last_cap; cap++)
+		if (c->cap_amb[cap / 32] & (1U << (cap % 32)))
+			must(sys_call5(__NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0),
+			     "raising ambient capability %u", cap);
+	if (c->no_new_privs)
+		must(sys_call5(__NR_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS");
+}
+
+static void restore_thread(struct rst_args *a)
+{
+	must(sys_call2(__NR_arch_prctl, ARCH_SET_FS, a->regs.fs_base), "ARCH_SET_FS");
+	must(sys_call2(__NR_arch_prctl, ARCH_SET_GS, a->regs.gs_base), "ARCH_SET_GS");
+	sys_call1(__NR_set_tid_address, a->clear_child_tid);
+}
+
+static void queue_pending_signals(struct rst_args *a)
+{
+	struct rst_signal *s = (void *)a->signals;
+	long pid = sys_getpid();
+
+	for (unsigned i = 0; i < a->nr_signals; i++) {
+		int sig = *(__s32 *)s[i].siginfo; /* si_signo comes first */
+
+		if (s[i].thread)
+			sys_call4(__NR_rt_tgsigqueueinfo, pid, pid, sig, (long)s[i].siginfo);
+		else
+			sys_call3(__NR_rt_sigqueueinfo, pid, sig, (long)s[i].siginfo);
+	}
+}
+
+void __attribute__((noreturn)) restorer_main(struct rst_args *a)
+{
+	unsigned long frame;
+	stack_t no_altstack = { .ss_flags = SS_DISABLE };
+
+	block_all_signals();
+	pie_log_init(a->log_fd, a->log_level);
+	wait_for_tracer(a);
+	/* Python's alternate stack (faulthandler's) must not be taken for the dumped one at sigreturn. */
+	must(sys_call2(__NR_sigaltstack, (long)&no_altstack, 0), "disabling the alternate stack");
+	frame = build_sigframe(a);
+
+	park_special_vmas(a);
+	unmap_everything_else(a);
+	map_vmas(a);
+	fill_pages(a);
+	finish_vmas(a);
+	unpark_special_vmas(a);
+	pr_debug("restorer: memory is in place");
+
+	restore_fds(a);
+	restore_fs_and_session(a);
+	restore_mm(a);
+	restore_thread(a);
+	restore_timers(a);
+	restore_sigactions(a);
+	restore_rlimits(a);
+	restore_creds(a);
+	pr_debug("restorer: returning to the dumped code");
+
+	/* The last of criupy's fds (log, pages, files) go; nothing can be logged after this. */
+	sys_call3(__NR_close_range, a->first_own_fd, ~0U, 0);
+	restorer_trap();
+
+	/* Traced from here on: the trap left SIGTRAP unblocked, so block it again first. */
+	block_all_signals();
+	restore_sigaction(a, SIGTRAP);
+	queue_pending_signals(a);
+	restorer_sigreturn(frame);
+}
