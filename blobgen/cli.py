@@ -2,8 +2,13 @@
 
     criupy-blobgen                 build every blob directory (parasite/, restorer/) that has sources
     criupy-blobgen NAME...         build just those blobs into criupy/blobs/NAME.py
+    criupy-blobgen --check [NAME...]
+                                   rebuild in a temporary directory; fail naming each module that differs
+    criupy-blobgen --disasm NAME|FILE
+                                   disassemble a built blob module (no compiler needed)
+    criupy-blobgen --c-header FILE also write the built blobs as a CRIU-style C header
     criupy-blobgen --src DIR --out FILE [--name NAME]
-                                   build any directory into any module file (tests use this)
+                                   the same for any directory and module file (tests use this)
 """
 
 import argparse
@@ -11,24 +16,24 @@ import sys
 from pathlib import Path
 
 from blobgen.build import BLOB_NAMES, REPO_ROOT, blob_dirs_with_sources, build_blob, module_path
-from blobgen.output import render_module
+from blobgen.disasm import disassemble, load_module
+from blobgen.output import render_c_header, render_module
 from criupy.errors import CriupyError
-
-
-def write_if_changed(path, text):
-    path = Path(path)
-    if path.exists() and path.read_text() == text:
-        return
-    path.write_text(text)
 
 
 def _parser():
     parser = argparse.ArgumentParser(
         prog="criupy-blobgen", description="Build the parasite and restorer blobs into criupy/blobs/*.py."
     )
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"blobs to build (default: those of {', '.join(BLOB_NAMES)} with sources)")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"blobs to build (default: those of {', '.join(BLOB_NAMES)} with sources)"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="only check that the committed modules match their sources")
+    mode.add_argument("--disasm", metavar="NAME|FILE", help="print a disassembly of a built blob module")
+    parser.add_argument("--c-header", metavar="FILE", help="also write the built blobs as a C header")
     parser.add_argument("--src", metavar="DIR", help="build the blob sources in DIR instead of a named blob")
-    parser.add_argument("--out", metavar="FILE", help="with --src: the module file to write")
+    parser.add_argument("--out", metavar="FILE", help="with --src: the module file to write (or check)")
     parser.add_argument("--name", help="with --src: the blob's NAME (default: DIR's name)")
     return parser
 
@@ -49,18 +54,56 @@ def blobs_to_build(args, parser):
     return [(name, REPO_ROOT / name, module_path(name)) for name in names]
 
 
-def run(args, parser):
-    """Build each blob; a blob that fails is reported and the others are still built."""
-    failed = 0
-    for name, src, out in blobs_to_build(args, parser):
+def display_path(path):
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def build_all(targets):
+    """Build each target; returns (built blobs, failure messages).  A failure does not stop the others."""
+    built, failures = [], []
+    for name, src, out in targets:
         try:
-            blob = build_blob(name, src)
+            built.append((build_blob(name, src), out))
         except CriupyError as e:
-            print(f"criupy-blobgen: {name}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        write_if_changed(out, render_module(blob))
-    return 1 if failed else 0
+            failures.append(f"{name}: {e}")
+    return built, failures
+
+
+def write_modules(built):
+    for blob, out in built:
+        text = render_module(blob)
+        if not (out.exists() and out.read_text() == text):
+            out.write_text(text)
+
+
+def check_modules(built):
+    """A message for each module file that is missing or differs from what its sources build."""
+    problems = []
+    for blob, out in built:
+        if not out.exists():
+            problems.append(f"{display_path(out)} is missing: run criupy-blobgen {blob.name}")
+        elif out.read_text() != render_module(blob):
+            problems.append(f"{display_path(out)} differs from its sources: run criupy-blobgen {blob.name}")
+    return problems
+
+
+def run(args, parser):
+    if args.disasm:
+        path = Path(args.disasm) if args.disasm.endswith(".py") else module_path(args.disasm)
+        sys.stdout.write(disassemble(load_module(path)))
+        return 0
+
+    built, problems = build_all(blobs_to_build(args, parser))
+    if args.check:
+        problems += check_modules(built)
+    else:
+        write_modules(built)
+    if args.c_header:
+        Path(args.c_header).write_text(render_c_header([blob for blob, _ in built]))
+    for problem in problems:
+        print(f"criupy-blobgen: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def main(argv=None):
