@@ -354,13 +354,17 @@ class Task:
 
     # parasite -------------------------------------------------------------------------------------
 
-    def infect(self):
-        """Load the parasite and connect to it; returns the Parasite (see criupy.infect.parasite)."""
-        from criupy.infect.parasite import Parasite
+    def infect(self, timeout=None):
+        """Load the parasite and connect to it; returns the Parasite (see criupy.infect.parasite).
+
+        timeout: seconds the parasite may stay silent (connecting, or on one command) before it
+        counts as hung.
+        """
+        from criupy.infect.parasite import DEFAULT_TIMEOUT, Parasite
 
         if self.parasite is not None:
             raise CriupyError(f"PID {self.pid} is already infected")
-        self.parasite = Parasite(self)
+        self.parasite = Parasite(self, DEFAULT_TIMEOUT if timeout is None else timeout)
         self.parasite.start()
         return self.parasite
 
