@@ -58,8 +58,10 @@ def build_sources(name, sources, include_dirs, prefix_maps=()):
         link(objects, PIE_LDS, ENTRY, linked)
         with open(linked, "rb") as f:
             elf = ELFFile(f)
-            check_sections(elf, PIE_LDS, objects, display_name)
+            # Relocations first: their kind (IRELATIVE, GLOB_DAT, TPOFF64) names the construct
+            # at fault better than the linker sections (.plt, .got) that come with it.
             check_relocations(elf)
+            check_sections(elf, PIE_LDS, objects, display_name)
             code, bss_size = extract_image(elf)
             return BlobImage(
                 name=name,
