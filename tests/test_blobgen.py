@@ -2,6 +2,8 @@
 and its --check, --disasm and --c-header options.  Test blobs live in tests/blobs/."""
 
 import importlib.util
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,8 +17,9 @@ from criupy.errors import CriupyError
 TEST_BLOBS = Path(__file__).parent / "blobs"
 
 # Run in a child process (a wrong jump must not take pytest down): map the blob module argv[1]
-# at each address argv[3:], copy in the image (relocated, or the raw CODE when argv[2] is "raw"),
-# make it executable and print compute(0), compute(1), compute(2), calls() for each address.
+# at each address of argv[3] (comma-separated), copy in its image (relocated, or the raw CODE
+# when argv[2] is "raw"), make it executable, and print on one line per address the results of
+# the calls argv[4:], each "export" or "export:argument".
 RUN_BLOB = r"""
 import ctypes, importlib.util, sys
 from criupy.blobs.loader import Blob
@@ -33,20 +36,24 @@ libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
 
-for base in (int(a, 0) for a in sys.argv[3:]):
+for base in (int(a, 0) for a in sys.argv[3].split(",")):
     got = libc.mmap(base, blob.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
     assert got == base, f"mmap at {base:#x} gave {got}"
     image = blob.code if sys.argv[2] == "raw" else blob.image(base)
     ctypes.memmove(base, image, len(image))
     # Writable too: the blob's data and bss share its pages.
     assert libc.mprotect(base, blob.size, PROT_READ | PROT_WRITE | PROT_EXEC) == 0
-    compute = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long)(blob.address("compute", base))
-    calls = ctypes.CFUNCTYPE(ctypes.c_long)(blob.address("calls", base))
-    print(compute(0), compute(1), compute(2), calls(), flush=True)
+    results = []
+    for call in sys.argv[4:]:
+        name, _, argument = call.partition(":")
+        function = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long)(blob.address(name, base))
+        results.append(function(int(argument or 0)))
+    print(*results, flush=True)
 """
 
 # Far apart, above 4 GiB: a pointer that was not relocated, or was cut to 32 bits, points elsewhere.
-LOAD_ADDRESSES = ("0x100000000", "0x7e0000000000")
+LOAD_ADDRESSES = "0x100000000,0x7e0000000000"
+PIC_CALLS = ("compute:0", "compute:1", "compute:2", "calls")
 # strlen("alpha")*100 + 1, strlen("bravo")*100 + 2, strlen("charlie")*100 + 3, then 3 calls.
 EXPECTED = "501 502 703 3"
 
@@ -69,9 +76,12 @@ def load_module(path):
     return module
 
 
-def run_blob(module_path, mode):
+def run_blob(module_path, mode, addresses, *calls, **popen_kwargs):
     return subprocess.run(
-        [sys.executable, "-c", RUN_BLOB, str(module_path), mode, *LOAD_ADDRESSES], capture_output=True, text=True
+        [sys.executable, "-c", RUN_BLOB, str(module_path), mode, addresses, *calls],
+        capture_output=True,
+        text=True,
+        **popen_kwargs,
     )
 
 
@@ -91,7 +101,7 @@ def pic_module(tmp_path_factory):
 
 
 def test_blob_runs_at_two_addresses(pic_module):
-    result = run_blob(pic_module, "relocated")
+    result = run_blob(pic_module, "relocated", LOAD_ADDRESSES, *PIC_CALLS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == [EXPECTED, EXPECTED]
 
@@ -100,7 +110,7 @@ def test_blob_needs_its_relocations(pic_module):
     module = load_module(pic_module)
     # The table of string pointers is the one thing that needs fixing up at load.
     assert len(module.RELOCATIONS) == 3
-    result = run_blob(pic_module, "raw")
+    result = run_blob(pic_module, "raw", LOAD_ADDRESSES, *PIC_CALLS)
     assert result.returncode != 0 or EXPECTED not in result.stdout
 
 
@@ -186,3 +196,27 @@ def test_c_header_compiles(tmp_path):
     subprocess.run(["gcc", "-Wall", "-Werror", "-c", str(user), "-o", str(tmp_path / "user.o")], check=True)
     module = load_module(tmp_path / "pic.py")
     assert f"#define pic_offset____export_compute {module.EXPORTS['compute']:#x}" in header.read_text()
+
+
+def test_pie_logger_and_string_functions(tmp_path):
+    module = build(TEST_BLOBS / "pielib", tmp_path / "pielib.py")
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end) as pipe:
+        try:
+            result = run_blob(
+                module, "relocated", "0x200000000", f"log_lines:{write_end}", "string_checks", pass_fds=(write_end,)
+            )
+        finally:
+            os.close(write_end)
+        log = pipe.read()  # the few lines fit in the pipe's buffer
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "0"]  # log_lines returned, string_checks found no error
+    lines = log.splitlines()
+    assert lines[:4] == [
+        "ints -42 42 beef z",
+        "longs -1234567890123 18446744073709551615 deadbeefcafe",
+        "strings pie (null) 100%",
+        "pointer 0x1000",
+    ]
+    assert re.fullmatch(r"pid [1-9][0-9]*", lines[4]) and len(lines) == 5
+    assert log.endswith("\n") and "\n\n" not in log  # a line that ends in \n gets no second one
