@@ -90,6 +90,8 @@ def check_modules(built):
 
 def run(args, parser):
     if args.disasm:
+        if args.names or args.src or args.c_header:
+            parser.error("--disasm takes one NAME or FILE and nothing else")
         path = Path(args.disasm) if args.disasm.endswith(".py") else module_path(args.disasm)
         sys.stdout.write(disassemble(load_module(path)))
         return 0

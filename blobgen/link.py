@@ -13,8 +13,8 @@ from criupy.errors import CriupyError
 R_X86_64_RELATIVE = ENUM_RELOC_TYPE_x64["R_X86_64_RELATIVE"]
 RELOC_TYPE_NAMES = {number: name for name, number in ENUM_RELOC_TYPE_x64.items() if name != "_default_"}
 
-# Output sections named in an ld script: ".name [(TYPE)] [ALIGN(..)] :" at the start of a line.
-_OUTPUT_SECTION = re.compile(r"^\s*(\.[\w.]+)\s*(\(\w+\))?\s*(?:ALIGN\(\w+\))?\s*:", re.MULTILINE)
+# Output sections named in an ld script: ".name [(TYPE)] :" at the start of a line.
+_OUTPUT_SECTION = re.compile(r"^\s*(\.[\w.]+)\s*(\(\w+\))?\s*:", re.MULTILINE)
 
 
 def link(objects, lds, entry, output):
