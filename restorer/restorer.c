@@ -94,6 +94,24 @@ static void unpark_special_vmas(struct rst_args *a)
 	}
 }
 
+#define RSEQ_FLAG_UNREGISTER 1
+
+/* The kernel writes to a registered rseq area on every return to user space: criupy's must go first. */
+static void unregister_criupy_rseq(struct rst_args *a)
+{
+	if (a->own_rseq.pointer)
+		must(sys_call4(__NR_rseq, a->own_rseq.pointer, a->own_rseq.size, RSEQ_FLAG_UNREGISTER,
+			       a->own_rseq.signature),
+		     "unregistering criupy's rseq area");
+}
+
+static void register_dumped_rseq(struct rst_args *a)
+{
+	if (a->rseq.pointer)
+		must(sys_call4(__NR_rseq, a->rseq.pointer, a->rseq.size, 0, a->rseq.signature),
+		     "registering the rseq area at %lx", (unsigned long)a->rseq.pointer);
+}
+
 /* Everything below and above our own mapping goes: criupy's Python, its heap, its stack. */
 static void unmap_everything_else(struct rst_args *a)
 {
@@ -170,15 +188,20 @@ static void finish_vmas(struct rst_args *a)
 }
 
 /*
- * Put every dumped fd at its number. criupy placed the open files at fds >= first_own_fd, above
- * every target, so nothing below it is needed any more: criupy's own fds there are closed first.
+ * criupy put everything we need at fds >= first_own_fd; what is below is criupy's own, among them
+ * its end of the go pipe: closed before the wait, so that criupy dying makes the wait end.
  */
+static void close_criupy_fds(struct rst_args *a)
+{
+	if (a->first_own_fd > 0)
+		must(sys_call3(__NR_close_range, 0, a->first_own_fd - 1, 0), "closing criupy's fds");
+}
+
+/* Put every dumped fd at its number (all free: see close_criupy_fds). */
 static void restore_fds(struct rst_args *a)
 {
 	struct rst_fd *f = (void *)a->fds;
 
-	if (a->first_own_fd > 0)
-		must(sys_call3(__NR_close_range, 0, a->first_own_fd - 1, 0), "closing criupy's fds");
 	for (unsigned i = 0; i < a->nr_fds; i++)
 		must(sys_call3(__NR_dup3, f[i].source, f[i].target, f[i].cloexec ? O_CLOEXEC : 0),
 		     "placing fd %d", f[i].target);
@@ -323,11 +346,13 @@ void __attribute__((noreturn)) restorer_main(struct rst_args *a)
 
 	block_all_signals();
 	pie_log_init(a->log_fd, a->log_level);
+	close_criupy_fds(a);
 	wait_for_tracer(a);
 	/* Python's alternate stack (faulthandler's) must not be taken for the dumped one at sigreturn. */
 	must(sys_call2(__NR_sigaltstack, (long)&no_altstack, 0), "disabling the alternate stack");
 	frame = build_sigframe(a);
 
+	unregister_criupy_rseq(a);
 	park_special_vmas(a);
 	unmap_everything_else(a);
 	map_vmas(a);
@@ -340,6 +365,7 @@ void __attribute__((noreturn)) restorer_main(struct rst_args *a)
 	restore_fs_and_session(a);
 	restore_mm(a);
 	restore_thread(a);
+	register_dumped_rseq(a);
 	restore_timers(a);
 	restore_sigactions(a);
 	restore_rlimits(a);

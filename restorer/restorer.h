@@ -151,6 +151,12 @@ struct rst_args {
 	__u32 xsave_size, pad7;
 	__u64 sigframe;   /* room for the rt_sigframe and its fpstate */
 	__u32 sigframe_size, pad8;
+
+	/* rseq: criupy's registration (written by criupy once it traces us) goes, the dumped one comes. */
+	struct rst_rseq {
+		__u64 pointer;
+		__u32 size, signature;
+	} own_rseq, rseq;
 };
 
 #endif

@@ -1,1 +1,89 @@
+"""The restore pipeline: images -> a task with its dumped PID, running the dumped code again.
 
+    criupy.restore(images_dir, detach=False, pidfile=None) -> exit status, or the PID when detached
+
+Steps, each in its module:
+  images   read and check every image (nothing is created before they pass)
+  memory   the mappings, page vectors and vDSO moves the restorer performs
+  files    open the dumped files (checked against the dump) and pipes (refilled)
+  prepare  the restorer's mapping: blob + arguments, at an address free here and in the dump
+  task     clone3 with the dumped PID, trace it through the restorer, unmap it, detach
+
+Only a single-threaded process is restored for now; trees and threads (issue 5) add task
+creation per process and per thread around the same restorer.
+"""
+
+import logging
+import os
+
+from criupy.errors import CriupyError
+
+log = logging.getLogger("criupy.restore")
+
+
+def _highest_open_fd():
+    return max(int(fd) for fd in os.listdir("/proc/self/fd"))
+
+
+def restore(images_dir, detach=False, pidfile=None, **options):
+    """Restore the process dumped in images_dir. Returns its PID if detach, else its exit status."""
+    # Imported here: the pipeline's modules load the image schemas, which `import criupy` does not need.
+    from criupy.restore import prepare
+    from criupy.restore.args import Args
+    from criupy.restore.files import open_files
+    from criupy.restore.images import open_pages, read_task
+    from criupy.restore.memory import plan_memory
+    from criupy.restore.task import Restoring, clone_with_pid
+
+    task = read_task(images_dir)
+    plan = plan_memory(task)
+    opened = open_files(task)
+    log_read, log_write = os.pipe2(os.O_CLOEXEC)
+    go_read, go_write = os.pipe2(os.O_CLOEXEC)
+    try:
+        opened.hold(log_write)
+        opened.hold(go_read)
+        pages_fd, pages_size = open_pages(images_dir, task.pages_id)
+        opened.hold(pages_fd)
+        if pages_size != plan.pages_size:
+            raise CriupyError(f"image pages-{task.pages_id}.img is truncated or corrupt: {pages_size} bytes, "
+                              f"pagemap-{task.pid}.img describes {plan.pages_size}")
+        # The restorer's own fds sit above every fd of the dumped task and of criupy.
+        first_own_fd = max([target for _, target, _ in opened.fds] + [_highest_open_fd()]) + 1
+        opened.move_above(first_own_fd)
+        log_fd, go_fd, pages_fd = opened.held[-3:]
+        region = prepare.build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd,
+                               verbose=log.isEnabledFor(logging.DEBUG))
+        region_start, region_size = region.start, region.size
+        trap, syscall = region.export("restorer_trap"), region.export("restorer_syscall")
+        own_rseq = region.args_address + Args.own_rseq.offset
+        try:
+            pid = clone_with_pid(task.pid, region.entry(), region.args_address)
+        finally:
+            region.unmap()
+    except BaseException:
+        os.close(log_read)
+        os.close(go_write)
+        raise
+    finally:
+        opened.close()  # the task has its own copies now
+
+    restoring = Restoring(pid, log_read, go_write, trap, syscall, own_rseq)
+    try:
+        restoring.run_to_dumped_code()
+        restoring.unmap_restorer_and_detach(region_start, region_size)
+    except BaseException:
+        restoring.kill()
+        raise
+    finally:
+        os.close(log_read)
+        os.close(go_write)
+    log.info("restored PID %d", pid)
+
+    if pidfile:
+        with open(pidfile, "w") as f:
+            f.write(f"{pid}\n")
+    if detach:
+        return pid
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)

@@ -91,6 +91,10 @@ class PrctlMmMap(Struct):
     ]
 
 
+class Rseq(Struct):
+    _fields_ = [("pointer", u64), ("size", u32), ("signature", u32)]
+
+
 class Args(Struct):
     _fields_ = [
         ("region_start", u64), ("region_size", u64), ("stack_top", u64), ("task_size", u64),
@@ -115,6 +119,7 @@ class Args(Struct):
         ("clear_child_tid", u64),
         ("xsave", u64), ("xsave_size", u32), ("pad7", u32),
         ("sigframe", u64), ("sigframe_size", u32), ("pad8", u32),
+        ("own_rseq", Rseq), ("rseq", Rseq),
     ]
 
 

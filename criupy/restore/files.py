@@ -1,0 +1,181 @@
+"""The files of the dumped task, opened by criupy before the task exists.
+
+Each open file description is opened once here (its flags and position set) and handed to the
+restorer, which puts it at every fd number it had. Files the dumped mappings and /proc/PID/exe
+point at are opened too, after checking that they are the files that were dumped; any mismatch
+is a CriupyError before a process is created.
+"""
+
+import fcntl
+import mmap
+import os
+import stat
+from dataclasses import dataclass, field
+
+from criupy.errors import CriupyError
+from criupy.images.pb import fdinfo_pb2
+from criupy.restore.memory import VMA_FILE_PRIVATE, VMA_FILE_SHARED
+
+FD_CLOEXEC = 1
+F_SETPIPE_SZ = 1031
+# f_flags that only matter when a file is created or that open() would act on again
+OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
+STATUS_FLAGS = os.O_APPEND | os.O_NONBLOCK | os.O_ASYNC | os.O_DIRECT | os.O_NOATIME
+
+
+@dataclass
+class OpenedFiles:
+    """fds criupy holds for the restorer. close() releases all of them."""
+
+    fds: list = field(default_factory=list)           # (source fd, target fd, cloexec)
+    mapping_fds: dict = field(default_factory=dict)   # files.img id -> fd, for file mappings
+    exe_fd: int = -1
+    cwd_fd: int = -1
+    root_fd: int = -1
+    held: list = field(default_factory=list)          # every fd above, once
+
+    def hold(self, fd):
+        self.held.append(fd)
+        return fd
+
+    def move_above(self, base):
+        """Renumber every held fd to base or above, so none collides with a dumped fd number."""
+        moved = {}
+        for fd in self.held:
+            moved[fd] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base)
+            os.close(fd)
+        self.held = list(moved.values())
+        self.fds = [(moved[source], target, cloexec) for source, target, cloexec in self.fds]
+        self.mapping_fds = {file_id: moved[fd] for file_id, fd in self.mapping_fds.items()}
+        for name in ("exe_fd", "cwd_fd", "root_fd"):
+            setattr(self, name, moved.get(getattr(self, name), -1))
+
+    def close(self):
+        for fd in self.held:
+            os.close(fd)
+        self.held.clear()
+
+
+def _path(reg):
+    name = reg.name
+    if name.endswith(" (deleted)"):
+        raise CriupyError(f"file {name[:-10]} was deleted before the dump; criupy cannot restore it")
+    return name if name.startswith("/") else "/" + name
+
+
+def _reg(task, file_id, what):
+    entry = task.files.get(file_id)
+    if entry is None or not entry.HasField("reg"):
+        raise CriupyError(f"image files.img is corrupt: no regular file {file_id} for {what}")
+    return entry.reg
+
+
+def _check_same_file(path, reg, st):
+    """The file at path must be the one dumped: size, and inode, device and mtime where recorded."""
+    if reg.HasField("size") and stat.S_ISREG(st.st_mode) and st.st_size != reg.size:
+        raise CriupyError(f"file {path} changed size since the dump ({reg.size} bytes, now {st.st_size})")
+    if reg.HasField("mode") and stat.S_IFMT(st.st_mode) != stat.S_IFMT(reg.mode):
+        raise CriupyError(f"file {path} is no longer the kind of file it was at the dump")
+    for image_field, now in (("inode", st.st_ino), ("dev", st.st_dev), ("mtime_ns", st.st_mtime_ns)):
+        if image_field in reg.DESCRIPTOR.fields_by_name and reg.HasField(image_field) \
+                and getattr(reg, image_field) != now:
+            raise CriupyError(f"file {path} changed since the dump (its {image_field} differs)")
+
+
+def _open_checked(path, flags, reg):
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CriupyError(f"file {path} is gone since the dump") from None
+    except OSError as e:
+        raise CriupyError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        _check_same_file(path, reg, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_regular(reg):
+    path = _path(reg)
+    fd = _open_checked(path, reg.flags & ~OPEN_FLAGS_DROPPED, reg)
+    try:
+        os.lseek(fd, reg.pos, os.SEEK_SET)
+    except OSError:
+        pass  # not seekable (a character device): nothing to put back
+    return fd
+
+
+def _open_pipes(task, opened):
+    """One pipe per pipe_id, its dumped contents written back: pipe_id -> (read fd, write fd)."""
+    pipes = {}
+    for entry in task.files.values():
+        if entry.type != fdinfo_pb2.PIPE or entry.pipe.pipe_id in pipes:
+            continue
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        pipes[entry.pipe.pipe_id] = (opened.hold(read_end), opened.hold(write_end))
+        dumped = task.pipe_data.get(entry.pipe.pipe_id)
+        if dumped:
+            data_entry, data = dumped
+            capacity = max(data_entry.size if data_entry.HasField("size") else 0, len(data))
+            if capacity > 65536:
+                fcntl.fcntl(write_end, F_SETPIPE_SZ, capacity)
+            os.write(write_end, data)
+    return pipes
+
+
+def open_files(task):
+    """Open everything the restorer needs; the caller closes the OpenedFiles once the task has them."""
+    opened = OpenedFiles()
+    try:
+        _open_all(task, opened)
+    except BaseException:
+        opened.close()
+        raise
+    return opened
+
+
+def _open_all(task, opened):
+    pipes = _open_pipes(task, opened)
+    by_file_id = {}
+    for fdinfo in sorted(task.fdinfo, key=lambda e: e.fd):
+        source = by_file_id.get(fdinfo.id)
+        if source is None:
+            entry = task.files.get(fdinfo.id)
+            if entry is None:
+                raise CriupyError(f"image files.img is corrupt: fd {fdinfo.fd} names file {fdinfo.id}, not there")
+            if entry.type == fdinfo_pb2.REG:
+                source = opened.hold(_open_regular(entry.reg))
+            elif entry.type == fdinfo_pb2.PIPE:
+                read_end, write_end = pipes[entry.pipe.pipe_id]
+                writes = entry.pipe.flags & os.O_ACCMODE == os.O_WRONLY
+                # each end's own description, so the dumped O_NONBLOCK applies to it alone
+                source = opened.hold(os.dup(write_end if writes else read_end))
+                fcntl.fcntl(source, fcntl.F_SETFL, entry.pipe.flags & STATUS_FLAGS)
+            else:
+                kind = fdinfo_pb2.fd_types.Name(entry.type)
+                raise CriupyError(f"fd {fdinfo.fd} is a {kind} file, which criupy cannot restore yet")
+            by_file_id[fdinfo.id] = source
+        opened.fds.append((source, fdinfo.fd, bool(fdinfo.flags & FD_CLOEXEC)))
+
+    for mapping_file_id in {v.shmid for v in task.mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)}:
+        reg = _reg(task, mapping_file_id, "a mapping")
+        shared_writable = any(
+            v.shmid == mapping_file_id and v.status & VMA_FILE_SHARED and v.prot & mmap.PROT_WRITE for v in task.mm.vmas
+        )
+        fd = _open_checked(_path(reg), os.O_RDWR if shared_writable else os.O_RDONLY, reg)
+        opened.mapping_fds[mapping_file_id] = opened.hold(fd)
+
+    exe = _reg(task, task.mm.exe_file_id, "the executable")
+    opened.exe_fd = opened.hold(_open_checked(_path(exe), os.O_RDONLY, exe))
+
+    for name, file_id in (("cwd", task.fs.cwd_id), ("root", task.fs.root_id)):
+        path = _path(_reg(task, file_id, f"the {name}"))
+        if name == "root" and path == "/":
+            continue  # the root criupy runs in: nothing to change
+        try:
+            fd = opened.hold(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError as e:
+            raise CriupyError(f"the {name} directory {path} of the dumped process: {e.strerror}") from None
+        setattr(opened, f"{name}_fd", fd)

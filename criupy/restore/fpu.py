@@ -1,0 +1,92 @@
+"""The XSAVE image (standard format) of a dumped thread, from CRIU's user_x86_fpregs_entry.
+
+The restorer copies it into its rt_sigframe; rt_sigreturn loads it with XRSTOR. The offsets of the
+extended components come from CPUID leaf 0xD, as the kernel's own layout does.
+"""
+
+import ctypes
+import functools
+import mmap
+import struct
+
+import keystone
+
+LEGACY_SIZE = 512
+HEADER_SIZE = 64
+XSAVE_MIN_SIZE = LEGACY_SIZE + HEADER_SIZE
+
+# XSAVE state components criupy's images carry: (number, user_x86_xsave_entry field, element format)
+COMPONENTS = (
+    (2, "ymmh_space", "I"),     # AVX: upper halves of ymm0-15
+    (3, "bndreg_state", "Q"),   # MPX bound registers
+    (4, "bndcsr_state", "Q"),   # MPX config and status
+    (5, "opmask_reg", "Q"),     # AVX-512 k0-k7
+    (6, "zmm_upper", "Q"),      # AVX-512 upper halves of zmm0-15
+    (7, "hi16_zmm", "Q"),       # AVX-512 zmm16-31
+    (9, "pkru", "I"),           # protection keys
+)
+XFEATURE_FP_SSE = 0b11
+
+
+@functools.cache
+def _cpuid_function():
+    """cpuid(leaf, subleaf, out[4]) as machine code in an executable page of our own."""
+    code = bytes(keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64).asm(
+        "push rbx; mov r8, rdx; mov eax, edi; mov ecx, esi; cpuid;"
+        "mov [r8], eax; mov [r8+4], ebx; mov [r8+8], ecx; mov [r8+12], edx; pop rbx; ret"
+    )[0])
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(code)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    function = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32))(address)
+    function._page = page  # keep the code mapped as long as the function lives
+    return function
+
+
+def cpuid(leaf, subleaf=0):
+    out = (ctypes.c_uint32 * 4)()
+    _cpuid_function()(leaf, subleaf, out)
+    return tuple(out)
+
+
+@functools.cache
+def component_offset(number):
+    """Offset of XSAVE state component number in the standard format (CPUID.(EAX=0xD,ECX=n).EBX)."""
+    size, offset, _, _ = cpuid(0xD, number)
+    return offset if size else None
+
+
+def xsave_image(fpregs):
+    """The standard-format XSAVE area holding the state in fpregs (a user_x86_fpregs_entry)."""
+    area = bytearray(XSAVE_MIN_SIZE)
+    struct.pack_into("<HHHHQQII", area, 0, fpregs.cwd, fpregs.swd, fpregs.twd, fpregs.fop,
+                     fpregs.rip, fpregs.rdp, fpregs.mxcsr, fpregs.mxcsr_mask)
+    struct.pack_into("<32I", area, 32, *_exactly(fpregs.st_space, 32, "st_space"))
+    struct.pack_into("<64I", area, 160, *_exactly(fpregs.xmm_space, 64, "xmm_space"))
+    xstate_bv = XFEATURE_FP_SSE
+    if fpregs.HasField("xsave"):
+        xsave = fpregs.xsave
+        xstate_bv = xsave.xstate_bv
+        for number, name, element in COMPONENTS:
+            values = list(getattr(xsave, name))
+            if not values:
+                continue
+            offset = component_offset(number)
+            if offset is None:
+                if xstate_bv & (1 << number):
+                    raise ValueError(f"the dumped FPU state uses XSAVE component {number} ({name}), "
+                                     "which this CPU does not have")
+                continue
+            data = struct.pack(f"<{len(values)}{element}", *values)
+            if len(area) < offset + len(data):
+                area.extend(bytes(offset + len(data) - len(area)))
+            area[offset:offset + len(data)] = data
+    struct.pack_into("<Q", area, LEGACY_SIZE, xstate_bv)  # header: xstate_bv; xcomp_bv 0 = standard format
+    return bytes(area)
+
+
+def _exactly(values, count, name):
+    values = list(values)
+    if len(values) != count:
+        raise ValueError(f"fpregs.{name} has {len(values)} words, not {count}")
+    return values

@@ -1,0 +1,147 @@
+"""The images of one dumped task, read and checked before anything is created.
+
+Every image the restore needs is read here, once, so that a missing, truncated or corrupt one stops
+the restore with a one-line CriupyError before a process exists. Images are opened read-only.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from criupy.errors import CriupyError
+from criupy.images import ImagesDir
+from criupy.images.pb import core_pb2
+
+PAGE_SIZE = 4096
+
+
+@dataclass
+class DumpedTask:
+    """What the images say about one single-threaded task."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    core: object          # core_entry
+    mm: object            # mm_entry
+    pagemap: list         # pagemap_entry, in the order of the pages image
+    pages_id: int         # pages-<pages_id>.img holds the page contents
+    fdinfo: list          # fdinfo_entry
+    files: dict           # file id -> file_entry (files.img)
+    fs: object            # fs_entry
+    pipe_data: dict = field(default_factory=dict)  # pipe_id -> (pipe_data_entry, bytes)
+
+
+def _read(images, name, required=True):
+    """The entries of image name ([] when it is absent and not required)."""
+    try:
+        return images.read(name)
+    except FileNotFoundError:
+        if required:
+            raise CriupyError(f"image {name}.img is missing") from None
+        return []
+    except CriupyError:
+        raise
+    except Exception as e:  # a decoder's error on a damaged image: name the image, not the decoder
+        raise CriupyError(f"image {name}.img is corrupt: {e}") from None
+
+
+def _one(images, name):
+    entries = _read(images, name)
+    if len(entries) != 1:
+        raise CriupyError(f"image {name}.img is corrupt: {len(entries)} entries where one belongs")
+    return entries[0]
+
+
+def _check_core(core, pid):
+    name = f"core-{pid}.img"
+    if core.mtype != core_pb2.core_entry.X86_64 or not core.HasField("thread_info"):
+        raise CriupyError(f"image {name} is not of an x86-64 task")
+    if not core.HasField("tc"):
+        raise CriupyError(f"image {name} is corrupt: it has no task state")
+    if core.thread_info.gpregs.mode != 1:  # NATIVE
+        raise CriupyError(f"image {name} is of a 32-bit task, which criupy cannot restore")
+
+
+def _check_mm(mm, pid):
+    name = f"mm-{pid}.img"
+    previous_end = 0
+    for vma in mm.vmas:
+        if vma.start % PAGE_SIZE or vma.end % PAGE_SIZE or vma.start >= vma.end or vma.start < previous_end:
+            raise CriupyError(f"image {name} is corrupt: bad mapping {vma.start:#x}-{vma.end:#x}")
+        previous_end = vma.end
+    if not mm.vmas:
+        raise CriupyError(f"image {name} is corrupt: no mappings")
+
+
+def read_task(images_dir):
+    """Read and check the images of the single task dumped in images_dir."""
+    if not os.path.isdir(images_dir):
+        raise CriupyError(f"no images directory {images_dir}")
+    images = ImagesDir(images_dir, "r")
+    tree = _read(images, "pstree")
+    if not tree:
+        raise CriupyError("image pstree.img is corrupt: it lists no process")
+    if len(tree) > 1 or len(tree[0].threads) > 1:
+        raise CriupyError("restoring a tree of processes or a multi-threaded process is not supported yet")
+    root = tree[0]
+    pid = root.pid
+    if not 0 < pid < 1 << 22:
+        raise CriupyError(f"image pstree.img is corrupt: PID {pid}")
+
+    core = _one(images, f"core-{pid}")
+    _check_core(core, pid)
+    ids = _one(images, f"ids-{pid}")
+    mm = _one(images, f"mm-{pid}")
+    _check_mm(mm, pid)
+
+    pagemap = _read(images, f"pagemap-{pid}")
+    if not pagemap:
+        raise CriupyError(f"image pagemap-{pid}.img is corrupt: it has no header")
+    head, entries = pagemap[0], pagemap[1:]
+
+    files = {}
+    for entry in _read(images, "files", required=False):
+        files[entry.id] = entry
+    pipe_data = {}
+    for entry, data in _read_with_payloads(images, "pipes-data"):
+        if len(data) != entry.bytes:
+            raise CriupyError(f"image pipes-data.img is truncated: pipe {entry.pipe_id} has {len(data)} of "
+                              f"{entry.bytes} bytes")
+        pipe_data[entry.pipe_id] = (entry, data)
+
+    return DumpedTask(
+        pid=pid,
+        ppid=root.ppid,
+        pgid=root.pgid,
+        sid=root.sid,
+        core=core,
+        mm=mm,
+        pagemap=entries,
+        pages_id=head.pages_id,
+        fdinfo=_read(images, f"fdinfo-{ids.files_id}", required=False),
+        files=files,
+        fs=_one(images, f"fs-{pid}"),
+        pipe_data=pipe_data,
+    )
+
+
+def _read_with_payloads(images, name):
+    try:
+        return images.read_with_payloads(name)
+    except FileNotFoundError:
+        return []
+    except CriupyError:
+        raise
+    except Exception as e:
+        raise CriupyError(f"image {name}.img is corrupt: {e}") from None
+
+
+def open_pages(images_dir, pages_id):
+    """A read-only fd of pages-<pages_id>.img and its size."""
+    path = os.path.join(images_dir, f"pages-{pages_id}.img")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CriupyError(f"image pages-{pages_id}.img is missing from {images_dir}") from None
+    return fd, os.fstat(fd).st_size

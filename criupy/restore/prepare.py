@@ -1,0 +1,170 @@
+"""Filling in the restorer's argument area from the images, the memory plan and the opened files."""
+
+import ctypes
+import signal
+
+from criupy.errors import CriupyError
+from criupy.restore import args as rst
+from criupy.restore import fpu
+from criupy.restore.memory import PAGE_SIZE, TASK_SIZE
+from criupy.restore.region import SIGFRAME_SIZE, Region, data_size
+
+PIE_LOG_INFO = 3
+PIE_LOG_DEBUG = 4
+NO_ACTION_SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
+
+
+def _cap_last_cap():
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def _sigactions(core, pid):
+    """sa_entry list -> {signal: entry}. CRIU lists signals 1..64 without SIGKILL and SIGSTOP."""
+    entries = list(core.tc.sigactions)
+    if len(entries) == rst.NR_SIGNALS:
+        numbers = range(1, rst.NR_SIGNALS + 1)
+    elif len(entries) == rst.NR_SIGNALS - 2:
+        numbers = [s for s in range(1, rst.NR_SIGNALS + 1) if s not in NO_ACTION_SIGNALS]
+    elif not entries:
+        return {}
+    else:
+        raise CriupyError(f"image core-{pid}.img is corrupt: {len(entries)} signal actions")
+    return dict(zip(numbers, entries))
+
+
+def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=False):
+    """Map the restorer region and write every argument into it; returns the Region."""
+    core = task.core
+    thread = core.thread_core
+    info = core.thread_info
+    try:
+        xsave = fpu.xsave_image(info.fpregs)
+    except ValueError as e:
+        raise CriupyError(f"image core-{task.pid}.img: {e}") from None
+    signals = [(0, s.siginfo) for s in core.tc.signals_s.signals] if core.tc.HasField("signals_s") else []
+    if thread.HasField("signals_p"):
+        signals += [(1, s.siginfo) for s in thread.signals_p.signals]
+    for _, siginfo in signals:
+        if len(siginfo) != rst.SIGINFO_SIZE:
+            raise CriupyError(f"image core-{task.pid}.img is corrupt: a pending signal's siginfo is "
+                              f"{len(siginfo)} bytes")
+    timers = list(core.tc.timers.posix) if core.tc.HasField("timers") else []
+    groups = list(thread.creds.groups) if thread.HasField("creds") else []
+    specials_size = sum(s.size for s in plan.specials)
+
+    region = Region(
+        data_size(len(plan.mappings), len(plan.iovecs), len(plan.specials), len(opened.fds), len(timers),
+                  len(signals), len(groups), len(xsave)),
+        specials_size,
+        [(m.start, m.end) for m in plan.mappings] + [(s.dumped, s.dumped + s.size) for s in plan.specials],
+    )
+    try:
+        _fill(region, task, plan, opened, xsave, signals, timers, groups, pages_fd, log_fd, go_fd,
+              first_own_fd, verbose)
+    except BaseException:
+        region.unmap()
+        raise
+    return region
+
+
+def _fill(region, task, plan, opened, xsave, signals, timers, groups, pages_fd, log_fd, go_fd, first_own_fd,
+          verbose):
+    core = task.core
+    thread = core.thread_core
+    info = core.thread_info
+    a = rst.Args.from_address(region.allocate(ctypes.sizeof(rst.Args), 64))
+    a.region_start, a.region_size = region.start, region.size
+    a.stack_top = region.stack_top
+    a.task_size = TASK_SIZE
+    a.log_fd, a.sync_fd, a.pages_fd, a.first_own_fd = log_fd, go_fd, pages_fd, first_own_fd
+    a.log_level = PIE_LOG_DEBUG if verbose else PIE_LOG_INFO
+
+    a.vmas = region.array(rst.Vma, (
+        dict(start=m.start, end=m.end, pgoff=m.pgoff, prot=m.prot, flags=m.flags,
+             fd=-1 if m.file_id is None else opened.mapping_fds[m.file_id], fill=int(m.fill), madv=m.madv)
+        for m in plan.mappings))
+    a.nr_vmas = len(plan.mappings)
+    a.iovs = region.array(rst.Iovec, (dict(base=base, len=length) for base, length in plan.iovecs))
+    a.nr_iovs = len(plan.iovecs)
+    parked = region.parking
+    specials = []
+    for s in plan.specials:
+        specials.append(dict(current=s.current, parked=parked, dumped=s.dumped, size=s.size))
+        parked += s.size
+    a.specials = region.array(rst.SpecialVma, specials)
+    a.nr_specials = len(specials)
+    a.fds = region.array(rst.Fd, (dict(source=s, target=t, cloexec=int(c)) for s, t, c in opened.fds))
+    a.nr_fds = len(opened.fds)
+
+    a.umask = task.fs.umask if task.fs.HasField("umask") else 0o022
+    a.personality = core.tc.personality
+    a.cwd_fd, a.root_fd = opened.cwd_fd, opened.root_fd
+    a.new_session = int(task.sid == task.pid)
+    a.pgid = task.pgid if task.pgid == task.pid or task.sid != task.pid else 0
+
+    mm = task.mm
+    auxv = list(mm.mm_saved_auxv)
+    if len(auxv) > rst.AUXV_WORDS:
+        raise CriupyError(f"image mm-{task.pid}.img is corrupt: {len(auxv)} auxv words")
+    a.auxv[: len(auxv)] = auxv
+    a.mm.start_code, a.mm.end_code = mm.mm_start_code, mm.mm_end_code
+    a.mm.start_data, a.mm.end_data = mm.mm_start_data, mm.mm_end_data
+    a.mm.start_brk, a.mm.brk = mm.mm_start_brk, mm.mm_brk
+    a.mm.start_stack = mm.mm_start_stack
+    a.mm.arg_start, a.mm.arg_end = mm.mm_arg_start, mm.mm_arg_end
+    a.mm.env_start, a.mm.env_end = mm.mm_env_start, mm.mm_env_end
+    a.mm.auxv = ctypes.addressof(a.auxv)
+    a.mm.auxv_size = len(auxv) * 8
+    a.mm.exe_fd = opened.exe_fd
+
+    for sig, entry in _sigactions(core, task.pid).items():
+        action = a.sigactions[sig - 1]
+        action.handler, action.flags, action.restorer, action.mask = (
+            entry.sigaction, entry.flags, entry.restorer, entry.mask)
+    if core.tc.HasField("timers"):
+        for slot, itimer in zip(a.itimers, (core.tc.timers.real, core.tc.timers.virt, core.tc.timers.prof)):
+            slot.interval_sec, slot.interval_usec = itimer.isec, itimer.iusec
+            slot.value_sec, slot.value_usec = itimer.vsec, itimer.vusec
+    a.posix_timers = region.array(rst.PosixTimer, (
+        dict(id=t.it_id, clock_id=t.clock_id, signo=t.si_signo, notify=t.it_sigev_notify,
+             notify_tid=t.notify_thread_id, sival=t.sival_ptr, interval_sec=t.isec, interval_nsec=t.insec,
+             value_sec=t.vsec, value_nsec=t.vnsec)
+        for t in timers))
+    a.nr_posix_timers = len(timers)
+    a.signals = region.array(rst.Signal, (
+        dict(thread=thread_wide, siginfo=(ctypes.c_uint8 * rst.SIGINFO_SIZE).from_buffer_copy(siginfo))
+        for thread_wide, siginfo in signals))
+    a.nr_signals = len(signals)
+    rlimits = list(core.tc.rlimits.rlimits) if core.tc.HasField("rlimits") else []
+    a.nr_rlimits = min(len(rlimits), rst.NR_RLIMITS)
+    for slot, limit in zip(a.rlimits, rlimits):
+        slot.cur, slot.max = limit.cur, limit.max
+
+    if thread.HasField("creds"):
+        c = thread.creds
+        a.creds.present = 1
+        a.creds.uid, a.creds.euid, a.creds.suid, a.creds.fsuid = c.uid, c.euid, c.suid, c.fsuid
+        a.creds.gid, a.creds.egid, a.creds.sgid, a.creds.fsgid = c.gid, c.egid, c.sgid, c.fsgid
+        a.creds.secbits = c.secbits
+        a.creds.no_new_privs = c.no_new_privs
+        a.creds.last_cap = _cap_last_cap()
+        for name in ("cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"):
+            words = list(getattr(c, name))[:2]
+            getattr(a.creds, name)[: len(words)] = words
+        a.creds.nr_groups = len(groups)
+        a.creds.groups = region.bytes(b"".join(g.to_bytes(4, "little") for g in groups) or b"\0" * 4)
+
+    for name in rst.REGS_FIELDS:
+        setattr(a.regs, name, getattr(info.gpregs, name))
+    a.blocked = thread.blk_sigset if thread.HasField("blk_sigset") else core.tc.blk_sigset
+    if thread.HasField("sas"):
+        a.sas_sp, a.sas_size, a.sas_flags = thread.sas.ss_sp, thread.sas.ss_size, thread.sas.ss_flags
+    else:
+        a.sas_flags = 2  # SS_DISABLE
+    a.clear_child_tid = info.clear_tid_addr
+    a.xsave = region.bytes(xsave, 64)
+    a.xsave_size = len(xsave)
+    a.sigframe = region.allocate(SIGFRAME_SIZE, PAGE_SIZE)
+    a.sigframe_size = SIGFRAME_SIZE
+    region.args_address = ctypes.addressof(a)

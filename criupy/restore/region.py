@@ -1,0 +1,90 @@
+"""The restorer's mapping: blob, argument area, stack and vDSO parking, built in criupy's memory.
+
+criupy maps it at an address free both here and in the dumped address space and fills it in; the
+task created by clone3 gets a copy of it at the same address, and criupy drops its own copy.
+"""
+
+import ctypes
+import mmap
+import os
+
+from criupy.blobs import restorer as restorer_module
+from criupy.blobs.loader import Blob, page_round
+from criupy.errors import CriupyError
+from criupy.restore import args as rst
+from criupy.restore.memory import find_free_area
+
+STACK_SIZE = 64 * 1024
+SIGFRAME_SIZE = 32 * 1024  # rt_sigframe + the largest XSAVE area without AMX tiles, with room to spare
+MAP_FIXED_NOREPLACE = 0x100000
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+
+BLOB = Blob(restorer_module)
+
+
+class Region:
+    """The restorer mapping in criupy; allocate() hands out its argument space in order."""
+
+    def __init__(self, data_size, parking_size, dumped_ranges):
+        self.blob_size = BLOB.size
+        self.data_size = page_round(data_size)
+        self.size = self.blob_size + self.data_size + STACK_SIZE + parking_size
+        self.start = find_free_area(self.size, dumped_ranges)
+        address = libc.mmap(self.start, self.size, mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC,
+                            mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        if address != self.start:
+            err = ctypes.get_errno()
+            raise CriupyError(f"cannot map the restorer at {self.start:#x}: {os.strerror(err)}")
+        ctypes.memmove(self.start, BLOB.image(self.start), len(BLOB.code))
+        self._next = self.start + self.blob_size
+        self.stack_top = self.start + self.blob_size + self.data_size + STACK_SIZE
+        self.parking = self.stack_top
+
+    def allocate(self, size, align=8):
+        address = (self._next + align - 1) & ~(align - 1)
+        if address + size > self.start + self.blob_size + self.data_size:
+            raise AssertionError("restorer argument area overflow")  # data_size was computed wrong
+        self._next = address + size
+        return address
+
+    def array(self, ctype, items):
+        """Place items (each a dict of fields, or bytes for c_uint8 arrays) as a ctype array; its address."""
+        items = list(items)
+        address = self.allocate(ctypes.sizeof(ctype) * max(len(items), 1))
+        array = (ctype * max(len(items), 1)).from_address(address)
+        for slot, fields in zip(array, items):
+            for name, value in fields.items():
+                setattr(slot, name, value)
+        return address
+
+    def bytes(self, data, align=8):
+        address = self.allocate(len(data), align)
+        ctypes.memmove(address, data, len(data))
+        return address
+
+    def entry(self):
+        return BLOB.address("restorer_entry", self.start)
+
+    def export(self, name):
+        return BLOB.address(name, self.start)
+
+    def unmap(self):
+        """Drop criupy's copy (the task has its own)."""
+        if self.start:
+            libc.munmap(self.start, self.size)
+            self.start = 0
+
+
+def data_size(nr_vmas, nr_iovecs, nr_specials, nr_fds, nr_timers, nr_signals, nr_groups, xsave_size):
+    """Bytes of argument area for these counts, alignment slack included."""
+    s = ctypes.sizeof
+    return (
+        s(rst.Args) + nr_vmas * s(rst.Vma) + nr_iovecs * s(rst.Iovec) + nr_specials * s(rst.SpecialVma)
+        + nr_fds * s(rst.Fd) + nr_timers * s(rst.PosixTimer) + nr_signals * s(rst.Signal) + nr_groups * 4
+        + xsave_size + SIGFRAME_SIZE + 16 * 64 + mmap.PAGESIZE
+    )
+

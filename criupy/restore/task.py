@@ -1,0 +1,208 @@
+"""Creating the task with its dumped PID, and following it through the restorer to the dumped code.
+
+clone3 with set_tid runs in criupy's own (single-threaded) Python: the child comes back from the raw
+system call into Python like a fork without at-fork handlers, and does one thing: call the restorer.
+criupy seizes it at once; the restorer waits for criupy's go, rebuilds the task, and traps just before
+its rt_sigreturn. criupy then follows its system calls to the exit of that rt_sigreturn, where the task
+holds its dumped registers, unmaps the restorer with one last system call, and detaches.
+"""
+
+import ctypes
+import errno
+import os
+import signal
+import struct
+import time
+
+from criupy import proc
+from criupy.errors import CriupyError
+from criupy.infect import trace
+
+SYS_munmap = 11
+SYS_rt_sigreturn = 15
+SYS_clone3 = 435
+ZOMBIE_WAIT_SECONDS = 5  # a dumped task's zombie whose parent has not reaped it yet
+PTRACE_SYSCALL = 24
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
+PTRACE_O_EXITKILL = 0x100000
+SYSCALL_STOP = signal.SIGTRAP | 0x80  # with PTRACE_O_TRACESYSGOOD
+ENOSYS_AT_ENTRY = -errno.ENOSYS & 0xFFFFFFFFFFFFFFFF  # rax at a syscall-entry stop
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+
+class RestoreFailed(CriupyError):
+    pass
+
+
+def _is_zombie(pid):
+    try:
+        return proc.status(pid)["State"].startswith("Z")
+    except CriupyError:
+        return False  # gone by now: try again
+
+
+def clone_with_pid(pid, entry, args_address):
+    """Create a child with PID pid that calls entry(args_address); returns in criupy with the PID.
+
+    Every signal is blocked around clone3, so no Python handler ever runs in the child.
+    """
+    tid = ctypes.c_int(pid)
+    # struct clone_args up to set_tid_size: flags, pidfd, child_tid, parent_tid, exit_signal, stack,
+    # stack_size, tls, set_tid, set_tid_size
+    clone_args = ctypes.create_string_buffer(
+        struct.pack("<10Q", 0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, ctypes.addressof(tid), 1)
+    )
+    call_restorer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(entry)
+    deadline = time.monotonic() + ZOMBIE_WAIT_SECONDS
+    while True:
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        child = libc.syscall(ctypes.c_long(SYS_clone3), clone_args, ctypes.c_size_t(80))
+        if child == 0:
+            try:
+                call_restorer(args_address)  # never returns
+            finally:
+                os._exit(127)
+        err = ctypes.get_errno()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        if child > 0:
+            return child
+        if err == errno.EEXIST and _is_zombie(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            continue
+        if err == errno.EEXIST:
+            raise CriupyError(f"PID {pid} is in use")
+        raise CriupyError(f"cannot create a process with PID {pid}: {os.strerror(err)}")
+
+
+class Restoring:
+    """The child while criupy traces it through the restorer. kill() ends it on any failure."""
+
+    def __init__(self, pid, log_fd, go_fd, trap_address, syscall_address, own_rseq_address):
+        self.pid = pid
+        self.own_rseq_address = own_rseq_address
+        self.log_fd = log_fd
+        self.go_fd = go_fd
+        self.trap_address = trap_address
+        self.syscall_address = syscall_address
+        self.alive = True
+
+    def restorer_log(self):
+        """What the restorer wrote to its log pipe (everything, once it has closed it)."""
+        chunks = []
+        os.set_blocking(self.log_fd, False)
+        while True:
+            try:
+                chunk = os.read(self.log_fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+
+    def _failure(self, what):
+        """The restorer's own error line if it logged one (it names the cause), else what."""
+        errors = [line for line in self.restorer_log().splitlines() if "failed" in line]
+        return RestoreFailed(f"restoring PID {self.pid}: {errors[-1] if errors else what}")
+
+    def _wait(self):
+        status = trace.wait_stop(self.pid)
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self.alive = False
+            how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
+                   else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
+            raise self._failure(f"the task ended ({how}) before it was restored")
+        return status
+
+    def run_to_dumped_code(self):
+        """Seize, let the restorer go, and stop the task at the exit of its final rt_sigreturn."""
+        trace.request(trace.PTRACE_SEIZE, self.pid, 0, trace.PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
+        self._tell_own_rseq()
+        os.write(self.go_fd, b"g")
+        self._wait_for_trap()
+        self._follow_to_sigreturn_exit()
+
+    def _tell_own_rseq(self):
+        """The rseq area glibc registered for criupy's thread, copied into the child: the restorer drops it.
+
+        Only a tracer can read the registration (its length, its signature), and the child can be read
+        only once stopped: interrupt it where it waits for the go.
+        """
+        trace.request(trace.PTRACE_INTERRUPT, self.pid)
+        while trace.event_of(self._wait()) != trace.PTRACE_EVENT_STOP:
+            pass  # every signal is blocked in the child: only the interrupt stop can come
+        config = ctypes.create_string_buffer(24)
+        size = trace.request(PTRACE_GET_RSEQ_CONFIGURATION, self.pid, 24, ctypes.addressof(config))
+        if size >= 16:
+            pointer, length, signature = struct.unpack_from("<QII", config.raw)
+            trace.write_memory(self.pid, self.own_rseq_address, struct.pack("<QII", pointer, length, signature))
+        trace.request(trace.PTRACE_CONT, self.pid, 0, 0)
+
+    def _wait_for_trap(self):
+        while True:
+            status = self._wait()
+            sig = os.WSTOPSIG(status)
+            if trace.event_of(status) == trace.PTRACE_EVENT_STOP:
+                trace.request(trace.PTRACE_CONT, self.pid, 0, 0)  # someone stopped us: go on
+                continue
+            rip = trace.ptrace_getregs(self.pid).rip
+            if sig == signal.SIGTRAP and rip == self.trap_address + 1:
+                return
+            if sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP):
+                raise self._failure(f"the restorer crashed: {signal.Signals(sig).name} at {rip:#x} (trap {self.trap_address:#x})")
+            trace.request(trace.PTRACE_CONT, self.pid, 0, sig)
+
+    def _follow_to_sigreturn_exit(self):
+        """From the trap, system call by system call, to the exit of rt_sigreturn."""
+        entered_sigreturn = False
+        while True:
+            trace.request(PTRACE_SYSCALL, self.pid, 0, 0)
+            status = self._wait()
+            if os.WSTOPSIG(status) != SYSCALL_STOP:
+                regs = trace.ptrace_getregs(self.pid)
+                sig = signal.Signals(os.WSTOPSIG(status)).name
+                what = "returning to the dumped code" if entered_sigreturn else "the restorer's last steps"
+                raise self._failure(f"{what} failed: {sig} at {regs.rip:#x}")
+            regs = trace.ptrace_getregs(self.pid)
+            if entered_sigreturn:
+                return
+            entered_sigreturn = regs.orig_rax == SYS_rt_sigreturn and regs.rax == ENOSYS_AT_ENTRY
+
+    def unmap_restorer_and_detach(self, start, size):
+        """One system call at the restorer's `syscall` instruction, stopped at its exit; then go."""
+        dumped = trace.ptrace_getregs(self.pid)
+        regs = trace.copy_regs(dumped)
+        regs.rip = self.syscall_address
+        regs.rax = SYS_munmap
+        regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+        regs.rdi = start
+        regs.rsi = size
+        trace.ptrace_setregs(self.pid, regs)
+        for _ in range(2):  # to the entry stop, then to the exit stop
+            trace.request(PTRACE_SYSCALL, self.pid, 0, 0)
+            if os.WSTOPSIG(self._wait()) != SYSCALL_STOP:
+                raise self._failure("unmapping the restorer was interrupted")
+        result = trace.ptrace_getregs(self.pid).rax
+        if result:
+            raise self._failure(f"unmapping the restorer failed: errno {-ctypes.c_long(result).value}")
+        trace.ptrace_setregs(self.pid, dumped)
+        trace.request(trace.PTRACE_DETACH, self.pid, 0, 0)
+
+    def kill(self):
+        """End the child and reap it: a failed restore leaves no process behind."""
+        if not self.alive:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while True:
+            try:
+                _, status = os.waitpid(self.pid, trace.WALL)
+            except ChildProcessError:
+                break
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                break
+        self.alive = False
