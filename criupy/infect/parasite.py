@@ -200,9 +200,15 @@ class Parasite:
         """The frame the parasite sigreturns through if criupy dies; its address, or 0 if none fits."""
         task = self.task
         xsave = bytearray(task.xsave)
-        magic1, _, _, xstate_size = struct.unpack_from("<IIQI", xsave, XSAVE_SW_RESERVED)
-        if magic1 != FP_XSTATE_MAGIC1 or SIGFRAME_FPSTATE + xstate_size + 4 > SIGFRAME_SIZE:
+        xstate_size = len(xsave)
+        if SIGFRAME_FPSTATE + xstate_size + 4 > SIGFRAME_SIZE:
             return 0
+        # ptrace puts XCR0 first in the software-reserved bytes; a signal frame wants the kernel's
+        # _fpx_sw_bytes there (magic1, extended size, features, size), and magic2 after the area.
+        (xcr0,) = struct.unpack_from("<Q", xsave, XSAVE_SW_RESERVED)
+        xsave[XSAVE_SW_RESERVED:XSAVE_SW_RESERVED + 48] = struct.pack(
+            "<IIQI28x", FP_XSTATE_MAGIC1, xstate_size + 4, xcr0, xstate_size
+        )
         offset = self.blob.exports["parasite_sigframe"]
         address = self.base + offset
         regs = task.restartable_regs()
@@ -217,7 +223,7 @@ class Parasite:
             address + SIGFRAME_FPSTATE,
         )
         struct.pack_into("<Q", frame, SIGFRAME_SIGMASK, task.sigmask)
-        frame[SIGFRAME_FPSTATE : SIGFRAME_FPSTATE + xstate_size] = xsave[:xstate_size]
+        frame[SIGFRAME_FPSTATE : SIGFRAME_FPSTATE + xstate_size] = xsave
         struct.pack_into("<I", frame, SIGFRAME_FPSTATE + xstate_size, FP_XSTATE_MAGIC2)
         self._mem[offset : offset + SIGFRAME_SIZE] = frame
         return address

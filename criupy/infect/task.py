@@ -273,7 +273,7 @@ class Task:
         regs.rax = nr
         for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
             setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
-        trace.write_memory(self.pid, ip, TRAMPOLINE + data)
+        trace.write_memory(self.pid, ip, TRAMPOLINE.ljust(TRAMPOLINE_DATA_OFFSET, b"\xcc") + data)
         try:
             trace.ptrace_setregs(self.pid, regs)
             self._resume()
@@ -378,6 +378,8 @@ class Task:
             problems = []
 
             def attempt(step, *args):
+                if not self._attached:  # the task is gone: nothing left to put back
+                    return
                 try:
                     step(*args)
                 except TaskGone:
@@ -387,7 +389,9 @@ class Task:
 
             try:
                 if self.parasite is not None:
-                    attempt(self.parasite.stop)
+                    # the polite way; if the parasite cannot finish, interrupting it does the same
+                    with contextlib.suppress(CriupyError, OSError):
+                        self.parasite.stop()
                 attempt(self._interrupt)
                 if self.parasite is not None:
                     attempt(self.parasite.unload)
