@@ -295,3 +295,41 @@ def test_injector_killed_mid_infection(processes, victim, tmp_path, sig, hang):
     left_behind = [m for m in proc.maps(p.pid) if m.path.startswith("/memfd:criupy-parasite")]
     assert len(left_behind) == (1 if sig == signal.SIGKILL else 0)
     assert_goes_on_intact(p, out)
+
+
+def test_unseizable_pids_are_refused_with_one_line(processes, victim, tmp_path):
+    with pytest.raises(CriupyError, match="is criupy itself"):
+        seize(os.getpid())
+    with pytest.raises(CriupyError, match="kernel thread"):
+        seize(2)  # kthreadd
+    gone = processes.start(["true"])
+    gone.wait()
+    with pytest.raises(CriupyError, match="no process"):
+        seize(gone.pid)
+    p, out = start_counting(processes, victim("counter"), tmp_path)
+    first = seize(p.pid)
+    try:
+        with pytest.raises(CriupyError, match="already traced"):
+            seize(p.pid)
+    finally:
+        first.cure()
+    assert_released(p.pid)
+    assert_goes_on_intact(p, out)
+
+
+def test_target_killed_while_seized(processes, victim, tmp_path):
+    p, _ = start_counting(processes, victim("counter"), tmp_path)
+    task = seize(p.pid)
+    task.infect(timeout=10)
+    os.kill(p.pid, signal.SIGKILL)
+    task.cure()  # nothing left to put back: no error
+    assert not os.path.exists(f"/proc/{p.pid}")
+
+
+def test_kill_ends_a_seized_target(processes, victim, tmp_path):
+    p, _ = start_counting(processes, victim("counter"), tmp_path)
+    task = seize(p.pid)
+    task.infect(timeout=10).misc()
+    task.kill()
+    assert not os.path.exists(f"/proc/{p.pid}")
+    task.cure()  # after kill, cure has nothing to do

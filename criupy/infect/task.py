@@ -385,6 +385,8 @@ class Task:
                 except TaskGone:
                     raise
                 except Exception as e:  # keep curing: every later step still matters
+                    if isinstance(e, trace.PtraceError) and e.errno == errno.ESRCH:
+                        self._wait(block=False)  # raises TaskGone if it died (SIGKILL from outside)
                     problems.append(e)
 
             try:
