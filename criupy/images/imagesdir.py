@@ -28,9 +28,6 @@ _DIR_MODE = 0o700
 class ImageMissing(CriupyError, FileNotFoundError):
     """An image that is not in the directory (a FileNotFoundError too, for callers with optional images)."""
 
-    def __str__(self):
-        return self.args[0]
-
 
 def _file_name(name):
     return name if name.endswith(".img") else name + ".img"
@@ -192,12 +189,8 @@ class ImagesDir:
         """Write image name with entries (messages of its kind); payloads: raw bytes after each entry."""
         self._require_mode("w", "write()")
         data = encode_image(_file_name(name), list(entries), None if payloads is None else list(payloads))
-        fd = _create(self.path(name))
-        try:
-            with os.fdopen(fd, "wb", closefd=False) as f:
-                f.write(data)
-        finally:
-            os.close(fd)
+        with open(_create(self.path(name)), "wb") as f:
+            f.write(data)
 
     def read_with_payloads(self, name):
         """[(message, bytes)] of image name: bytes is the raw data after the entry (b"" for most kinds)."""
