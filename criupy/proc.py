@@ -45,25 +45,7 @@ class Mapping:
 
 def maps(pid="self"):
     """The mappings of a process, in address order, from /proc/PID/maps."""
-    result = []
-    for line in _read_text(pid, "maps").splitlines():
-        # path may contain spaces, so split off the first five fields only
-        fields = line.split(None, 5)
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        major, minor = (int(x, 16) for x in fields[3].split(":"))
-        result.append(
-            Mapping(
-                start=start,
-                end=end,
-                perms=fields[1],
-                offset=int(fields[2], 16),
-                dev_major=major,
-                dev_minor=minor,
-                inode=int(fields[4]),
-                path=fields[5] if len(fields) > 5 else "",
-            )
-        )
-    return result
+    return [_parse_maps_line(line) for line in _read_text(pid, "maps").splitlines()]
 
 
 def status(pid="self"):
@@ -81,3 +63,173 @@ def task_ids(pid):
         return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
     except FileNotFoundError:
         raise CriupyError(f"no process with PID {pid}") from None
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The fields of /proc/PID/stat the dump uses (man 5 proc numbers them from 1)."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    flags: int        # PF_* of the task
+    start_code: int   # 26
+    end_code: int     # 27
+    start_stack: int  # 28
+    start_data: int   # 45
+    end_data: int     # 46
+    start_brk: int    # 47
+    arg_start: int    # 48
+    arg_end: int      # 49
+    env_start: int    # 50
+    env_end: int      # 51
+    exit_code: int    # 52
+
+
+def stat(pid="self"):
+    """/proc/PID/stat. comm may hold spaces and parentheses, so it ends at the last ')'."""
+    text = _read_text(pid, "stat")
+    head, _, rest = text.rpartition(")")
+    pid_text, _, comm = head.partition(" (")
+    f = [0, 0, 0] + rest.split()  # f[n] is field n: field 3 (state) is the first after comm
+    return Stat(
+        pid=int(pid_text), comm=comm, state=f[3], ppid=int(f[4]), pgrp=int(f[5]), session=int(f[6]),
+        flags=int(f[9]), start_code=int(f[26]), end_code=int(f[27]), start_stack=int(f[28]),
+        start_data=int(f[45]), end_data=int(f[46]), start_brk=int(f[47]), arg_start=int(f[48]),
+        arg_end=int(f[49]), env_start=int(f[50]), env_end=int(f[51]), exit_code=int(f[52]),
+    )
+
+
+@dataclass(frozen=True)
+class SmapsEntry:
+    """One mapping of /proc/PID/smaps: the maps line and its VmFlags ("rd", "wr", "gd", ...)."""
+
+    mapping: Mapping
+    vm_flags: tuple
+
+
+def _parse_maps_line(line):
+    # path may contain spaces, so split off the first five fields only
+    fields = line.split(None, 5)
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    major, minor = (int(x, 16) for x in fields[3].split(":"))
+    return Mapping(start=start, end=end, perms=fields[1], offset=int(fields[2], 16), dev_major=major,
+                   dev_minor=minor, inode=int(fields[4]), path=fields[5] if len(fields) > 5 else "")
+
+
+def smaps(pid="self"):
+    """The mappings of a process with their VmFlags, in address order, from /proc/PID/smaps."""
+    result = []
+    mapping = None
+    for line in _read_text(pid, "smaps").splitlines():
+        key = line.split(None, 1)[0] if line else ""
+        if not key.endswith(":"):  # a mapping's header line, as in maps
+            if mapping is not None:
+                result.append(SmapsEntry(mapping, ()))
+            mapping = _parse_maps_line(line)
+        elif key == "VmFlags:":
+            result.append(SmapsEntry(mapping, tuple(line.split()[1:])))
+            mapping = None
+    if mapping is not None:
+        result.append(SmapsEntry(mapping, ()))
+    return result
+
+
+def auxv(pid="self"):
+    """/proc/PID/auxv as 64-bit words (type, value, type, value, ..., AT_NULL, 0)."""
+    path = f"/proc/{pid}/auxv"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CriupyError(f"no process with PID {pid}") from None
+    return tuple(int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data) - len(data) % 8, 8))
+
+
+def fds(pid):
+    """The open file descriptor numbers of a process, ascending, from /proc/PID/fd."""
+    try:
+        return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except FileNotFoundError:
+        raise CriupyError(f"no process with PID {pid}") from None
+
+
+def fd_link(pid, fd):
+    """What /proc/PID/fd/FD points at: a path, "pipe:[123]", "socket:[456]", "anon_inode:[eventfd]"..."""
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except FileNotFoundError:
+        raise CriupyError(f"fd {fd} of PID {pid} closed while criupy looked at it") from None
+
+
+@dataclass(frozen=True)
+class FdInfo:
+    """/proc/PID/fdinfo/FD: position, open flags (O_CLOEXEC included), mount id, inode, other lines."""
+
+    pos: int
+    flags: int
+    mnt_id: int
+    ino: int
+    extra: dict  # every other "key: value" line, value as text
+
+
+def fdinfo(pid, fd):
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise CriupyError(f"fd {fd} of PID {pid} closed while criupy looked at it") from None
+    values = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        values[key] = value.strip()
+    return FdInfo(
+        pos=int(values.pop("pos", "0")), flags=int(values.pop("flags", "0"), 8),
+        mnt_id=int(values.pop("mnt_id", "-1")), ino=int(values.pop("ino", "0")), extra=values,
+    )
+
+
+@dataclass(frozen=True)
+class PosixTimerInfo:
+    """One timer of /proc/PID/timers (what timer_create was given; its times come from the task)."""
+
+    timer_id: int
+    signo: int
+    sival: int
+    notify: str        # "signal", "thread", "none"
+    notify_to: str     # "pid", or "tid" for SIGEV_THREAD_ID
+    notify_id: int
+    clock_id: int
+
+
+def timers(pid):
+    """The POSIX timers of a process, from /proc/PID/timers (4 lines per timer)."""
+    lines = _read_text(pid, "timers").splitlines()
+    result = []
+    for i in range(0, len(lines) - 3, 4):
+        values = [line.partition(":")[2].strip() for line in lines[i:i + 4]]
+        signo, _, sival = values[1].partition("/")
+        notify, _, target = values[2].partition("/")
+        notify_to, _, notify_id = target.partition(".")
+        result.append(PosixTimerInfo(
+            timer_id=int(values[0]), signo=int(signo), sival=0 if sival == "(null)" else int(sival, 16),
+            notify=notify, notify_to=notify_to, notify_id=int(notify_id), clock_id=int(values[3]),
+        ))
+    return result
+
+
+def children(pid):
+    """The PIDs of a process's children (of its main thread), from /proc/PID/task/PID/children."""
+    return [int(c) for c in _read_text(pid, f"task/{pid}/children").split()]
+
+
+def oom_score_adj(pid):
+    return int(_read_text(pid, "oom_score_adj"))
+
+
+def loginuid(pid):
+    """The audit login uid (4294967295 when unset)."""
+    return int(_read_text(pid, "loginuid"))

@@ -1,1 +1,205 @@
+"""The dump pipeline: one single-threaded process -> CRIU's images.
 
+    criupy.dump(pid, images_dir, leave_running=False, log_file=None, verbose=False)
+
+Steps (as CRIU's cr-dump.c):
+  check     the process, its fds and its mappings are of kinds criupy dumps (before it is stopped)
+  seize     stop it with ptrace (criupy.infect): registers, XSAVE, signal mask
+  memory    mappings from smaps, pages to save from the pagemap (memory.py, pagemap.py)
+  infect    the parasite runs in the task: signal actions, misc state, timers, pipes' fds, page contents
+  images    core, mm, pagemap, files, fdinfo, fs, pstree, ids, inventory, then stats-dump
+  end       the task is killed, or resumed untouched with leave_running; a failed dump always resumes
+            it and removes the images it wrote
+"""
+
+import contextlib
+import logging
+import os
+import sys
+import time
+import types
+from dataclasses import dataclass
+
+from criupy import proc
+from criupy.errors import CriupyError
+
+log = logging.getLogger("criupy.dump")
+
+PAGES_ID = 1  # pages-1.img
+SYS_brk = 12
+
+
+@dataclass
+class DumpStats:
+    """What goes into stats-dump.img (times in microseconds, as CRIU counts them)."""
+
+    freezing_time: int = 0
+    frozen_time: int = 0
+    memdump_time: int = 0
+    memwrite_time: int = 0
+    pages_scanned: int = 0
+    pages_written: int = 0
+
+
+def _microseconds(since):
+    return int((time.monotonic() - since) * 1_000_000)
+
+
+def dump(pid, images_dir, leave_running=False, log_file=None, verbose=False):
+    """Dump process PID into images_dir. Raises CriupyError (the process running as before) on failure."""
+    with _logging(log_file, verbose):
+        # Imported here: `import criupy` must not load the image schemas.
+        from criupy.images import ImagesDir
+
+        from criupy.dump import tree
+
+        status = tree.check_task(pid)  # before touching the images directory: a wrong PID changes nothing
+        images = ImagesDir(images_dir, "w")
+        written_before = set(images.names())
+        try:
+            _dump(pid, status, images, leave_running)
+        except BaseException:
+            for name in set(images.names()) - written_before:
+                with contextlib.suppress(OSError):
+                    os.unlink(images.path(name))
+            raise
+        log.info("dumped PID %d into %s", pid, images_dir)
+
+
+@contextlib.contextmanager
+def _logging(log_file, verbose):
+    """Log under "criupy" to log_file (if given) at INFO, or DEBUG when verbose, for the span of the dump."""
+    logger = logging.getLogger("criupy")
+    previous_level = logger.level
+    handler = None
+    if log_file:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:
+        yield
+    except CriupyError as e:
+        logger.error("%s", e)
+        raise
+    finally:
+        logger.setLevel(previous_level)
+        if handler is not None:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def _dump(pid, status, images, leave_running):
+    from criupy.dump import files, memory
+    from criupy.infect import seize
+
+    # Refuse what criupy cannot dump while the task still runs untouched.
+    files.inspect_fds(pid)
+    memory.check_mappings(pid)
+
+    stats = DumpStats()
+    started = time.monotonic()
+    victim = seize(pid)
+    frozen = time.monotonic()
+    stats.freezing_time = _microseconds(started)
+    log.info("PID %d seized in %d us", pid, stats.freezing_time)
+    try:
+        _dump_seized(pid, victim, images, stats)
+    except BaseException:
+        victim.cure()
+        raise
+    if leave_running:
+        victim.cure()
+        log.info("PID %d left running", pid)
+    else:
+        victim.kill()
+        log.info("PID %d killed", pid)
+    stats.frozen_time = _microseconds(frozen)
+    _write_stats(images, stats)
+
+
+def _dump_seized(pid, victim, images, stats):
+    from criupy.dump import core, files, memory, tree
+    from criupy.images.pb import fs_pb2, mm_pb2
+
+    # Everything read from outside first, while nothing of criupy's is in the task yet: the parasite's
+    # memfd, and the code page the injector borrows, would otherwise show in the mappings and pagemap.
+    status = tree.check_task(pid)  # again: it may have changed before it was stopped
+    stat = proc.stat(pid)
+    open_fds = files.inspect_fds(pid)
+    files_image = files.FilesImage()
+    vmas = memory.collect_vmas(pid, files_image)
+    memdump_started = time.monotonic()
+    pages = memory.find_pages(pid, vmas)
+    stats.memdump_time = _microseconds(memdump_started)
+    stats.pages_scanned = pages.pages_scanned
+    log.info("%d mappings, %d of %d pages to save", len(vmas), pages.pages, pages.pages_scanned)
+
+    seized = core.read_seized(pid, victim)
+    brk = victim.syscall(SYS_brk, 0)
+    parasite = victim.infect()
+    misc = parasite.misc()
+    core_entry = core.core_entry(pid, victim, seized, parasite, misc, stat, status)
+    dumped_fds = files.dump_fds(pid, open_fds, files_image, parasite.steal_fds)
+
+    ids = tree.IdGenerator()
+    task_ids = ids.task_ids(pid)
+    mm = mm_pb2.mm_entry(
+        mm_start_code=stat.start_code, mm_end_code=stat.end_code, mm_start_data=stat.start_data,
+        mm_end_data=stat.end_data, mm_start_stack=stat.start_stack, mm_start_brk=stat.start_brk, mm_brk=brk,
+        mm_arg_start=stat.arg_start, mm_arg_end=stat.arg_end, mm_env_start=stat.env_start,
+        mm_env_end=stat.env_end, exe_file_id=files_image.task_file(pid, "exe", "the executable", os.O_RDONLY),
+        mm_saved_auxv=proc.auxv(pid), vmas=[v.entry for v in vmas], dumpable=misc.dumpable,
+        thp_disabled=status.get("THP_enabled", "1") == "0")
+    fs = fs_pb2.fs_entry(
+        cwd_id=files_image.task_file(pid, "cwd", "the working directory", os.O_RDONLY | os.O_DIRECTORY),
+        root_id=files_image.task_file(pid, "root", "the root directory", os.O_RDONLY | os.O_DIRECTORY),
+        umask=misc.umask)
+
+    write_started = time.monotonic()
+    pages_fd = images.open_raw(f"pages-{PAGES_ID}", write=True)
+    try:
+        written = parasite.dump_pages(pages_fd, pages.ranges)
+    finally:
+        os.close(pages_fd)
+    stats.memwrite_time = _microseconds(write_started)
+    stats.pages_written = written // memory.PAGE_SIZE
+    if written != pages.pages * memory.PAGE_SIZE:
+        raise CriupyError(f"the parasite wrote {written} bytes of PID {pid}'s memory, not {pages.pages} pages")
+    log.info("%d pages written in %d us", stats.pages_written, stats.memwrite_time)
+
+    images.write("inventory", [tree.inventory_entry(ids)])
+    images.write("pstree", [tree.pstree_entry(stat)])
+    images.write(f"core-{pid}", [core_entry])
+    images.write(f"ids-{pid}", [task_ids])
+    images.write(f"mm-{pid}", [mm])
+    images.write(f"pagemap-{pid}", memory.pagemap_entries(pages, PAGES_ID))
+    images.write("files", files_image.entries)
+    images.write(f"fdinfo-{task_ids.files_id}", dumped_fds.fdinfo)
+    images.write(f"fs-{pid}", [fs])
+    if dumped_fds.pipe_data:
+        images.write("pipes-data", [entry for entry, _ in dumped_fds.pipe_data],
+                     payloads=[data for _, data in dumped_fds.pipe_data])
+
+
+
+def _write_stats(images, stats):
+    from criupy.images.pb import stats_pb2
+
+    entry = stats_pb2.dump_stats_entry(
+        freezing_time=stats.freezing_time, frozen_time=stats.frozen_time, memdump_time=stats.memdump_time,
+        memwrite_time=stats.memwrite_time, pages_scanned=stats.pages_scanned, pages_skipped_parent=0,
+        pages_written=stats.pages_written, pages_lazy=0)
+    images.write("stats-dump", [stats_pb2.stats_entry(dump=entry)])
+
+
+class _CallableModule(types.ModuleType):
+    """Importing criupy.dump.<anything> makes `criupy.dump` this module instead of the function
+    criupy/__init__.py defines (Python sets a package's attribute to its submodule): calling the module
+    dumps too, so `criupy.dump(pid, dir)` works either way."""
+
+    def __call__(self, pid, images_dir, leave_running=False, **options):
+        return dump(pid, images_dir, leave_running=leave_running, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,264 @@
+"""Files: files.img (one file_entry per open file and per file used without an fd), fdinfo-N.img, pipes-data.img.
+
+Open file descriptors come from /proc/PID/fd and /proc/PID/fdinfo. Regular files, directories and
+character devices (other than terminals) are dumped by path, with their flags and position; pipes by
+inode, with the bytes still in them, read without taking them: the parasite sends criupy a copy of the
+pipe's read end and tee() duplicates the buffered data into a pipe of criupy's (as CRIU does). Every
+other kind of file stops the dump, naming the fd.
+
+Files the task uses without an fd (mapped files, the executable, cwd, root) are entries of the same
+files.img, shared per file, with what identifies the file (size, mode) so restore can check it.
+"""
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+from criupy import proc
+from criupy.errors import CriupyError
+from criupy.images.pb import fdinfo_pb2, fown_pb2, pipe_data_pb2, pipe_pb2, regfile_pb2
+
+log = logging.getLogger("criupy.dump")
+
+FD_CLOEXEC = 1
+O_CLOEXEC = 0o2000000
+F_GETPIPE_SZ = 1032
+F_SETPIPE_SZ = 1031
+SPLICE_F_NONBLOCK = 2
+SYS_kcmp = 312
+KCMP_FILE = 0
+
+# character device majors of terminals (devices.txt): ptys, ttys, /dev/tty, /dev/console, ptmx, serial
+TTY_MAJORS = {2, 3, 4, 5, *range(128, 144), 188, 204}
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.tee.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint)
+libc.tee.restype = ctypes.c_ssize_t
+libc.syscall.restype = ctypes.c_long
+
+
+def _no_owner():
+    # F_SETOWN owner and signal: not read yet (the parasite has no command for them)
+    return fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0)
+
+
+def _unsupported(fd, kind, link):
+    return CriupyError(f"fd {fd} is {kind} ({link}): not supported yet")
+
+
+def _checked_path(what, link, st):
+    """The path of an open or mapped file, checked to still name that very file."""
+    if link.endswith(" (deleted)"):
+        raise CriupyError(f"{what}: file {link[:-len(' (deleted)')]} was deleted: not supported yet")
+    try:
+        now = os.stat(link)
+    except OSError:
+        raise CriupyError(f"{what}: file {link} is missing (moved or removed since it was opened)") from None
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        raise CriupyError(f"{what}: {link} now names another file than the one open (moved or replaced)")
+    return link
+
+
+def _reg_entry(file_id, flags, pos, path, st, mnt_id):
+    entry = regfile_pb2.reg_file_entry(id=file_id, flags=flags, pos=pos, fown=_no_owner(), name=path,
+                                       mode=st.st_mode)
+    if mnt_id >= 0:
+        entry.mnt_id = mnt_id
+    if stat.S_ISREG(st.st_mode):
+        entry.size = st.st_size
+    return entry
+
+
+class FilesImage:
+    """files.img as it is built: file ids handed out from 1, entries in the order they were added."""
+
+    def __init__(self):
+        self.entries = []
+        self._next_id = 1
+        self._by_file = {}  # (st_dev, st_ino) -> reg_file_entry of files used without an fd
+
+    def new_id(self):
+        file_id = self._next_id
+        self._next_id += 1
+        return file_id
+
+    def add_reg(self, entry):
+        self.entries.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=entry.id, reg=entry))
+
+    def add_pipe(self, entry):
+        self.entries.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.PIPE, id=entry.id, pipe=entry))
+
+    def path_file(self, what, link, st, open_flags, mnt_id=-1):
+        """The id of a file used without an fd (a mapping, exe, cwd, root): one entry per file."""
+        key = (st.st_dev, st.st_ino)
+        entry = self._by_file.get(key)
+        if entry is None:
+            entry = _reg_entry(self.new_id(), open_flags, 0, _checked_path(what, link, st), st, mnt_id)
+            self._by_file[key] = entry
+            self.add_reg(entry)
+        elif open_flags & os.O_ACCMODE == os.O_RDWR:
+            entry.flags = entry.flags & ~os.O_ACCMODE | os.O_RDWR  # a writable shared mapping of it too
+        return entry.id
+
+    def mapped_file(self, what, path, st, open_flags, map_files_link):
+        return self.path_file(what, path, st, open_flags, _mnt_id_of(map_files_link))
+
+    def task_file(self, pid, name, what, open_flags):
+        """The id of /proc/PID/<name> (exe, cwd, root)."""
+        link = f"/proc/{pid}/{name}"
+        try:
+            path, st = os.readlink(link), os.stat(link)
+        except FileNotFoundError:
+            raise CriupyError(f"{what} of PID {pid} is gone (deleted?): not supported yet") from None
+        return self.path_file(f"{what} of PID {pid}", path, st, open_flags, _mnt_id_of(link))
+
+
+def _mnt_id_of(link):
+    """The mount id of the file a /proc magic link points at (-1 if it cannot be opened)."""
+    try:
+        fd = os.open(link, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        return proc.fdinfo("self", fd).mnt_id
+    finally:
+        os.close(fd)
+
+
+# --- open file descriptors -------------------------------------------------------------------------
+
+
+@dataclass
+class OpenFd:
+    fd: int
+    link: str          # readlink of /proc/PID/fd/FD
+    info: object       # proc.FdInfo
+    st: os.stat_result
+    kind: str          # "reg" or "pipe"
+
+
+def _kind(fd, link, st):
+    """'reg' or 'pipe', or raise naming what the fd is."""
+    mode = st.st_mode
+    if stat.S_ISSOCK(mode):
+        raise _unsupported(fd, "a socket", link)
+    if stat.S_ISFIFO(mode):
+        if link.startswith("pipe:"):
+            return "pipe"
+        raise _unsupported(fd, "a FIFO", link)
+    if link.startswith("anon_inode:"):
+        name = link.removeprefix("anon_inode:").strip("[]")
+        article = "an" if name[:1] in "aeiou" else "a"
+        raise _unsupported(fd, f"{article} {name}", link)
+    if not link.startswith("/"):
+        raise _unsupported(fd, "a special file", link)  # nsfs, pidfs...
+    if link.startswith("/memfd:"):
+        raise _unsupported(fd, "a memfd", link)
+    if stat.S_ISCHR(mode):
+        if os.major(st.st_rdev) in TTY_MAJORS:
+            raise _unsupported(fd, "a terminal", link)
+        return "reg"
+    if stat.S_ISBLK(mode):
+        raise _unsupported(fd, "a block device", link)
+    return "reg"
+
+
+def inspect_fds(pid):
+    """The task's open fds, each checked to be of a kind criupy dumps (else CriupyError naming it)."""
+    result = []
+    for fd in proc.fds(pid):
+        link = proc.fd_link(pid, fd)
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            raise CriupyError(f"fd {fd} of PID {pid} closed while criupy looked at it") from None
+        kind = _kind(fd, link, st)
+        if kind == "reg" and link.endswith(" (deleted)"):
+            raise CriupyError(f"fd {fd}: file {link[:-len(' (deleted)')]} was deleted: not supported yet")
+        result.append(OpenFd(fd, link, proc.fdinfo(pid, fd), st, kind))
+    return result
+
+
+def _same_description(pid, fd1, fd2):
+    """Whether two fds of the task share one open file description (dup, fork), by kcmp."""
+    result = libc.syscall(ctypes.c_long(SYS_kcmp), ctypes.c_int(pid), ctypes.c_int(pid), ctypes.c_int(KCMP_FILE),
+                          ctypes.c_ulong(fd1), ctypes.c_ulong(fd2))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise CriupyError(f"kcmp of fds {fd1} and {fd2} of PID {pid}: {os.strerror(err)}")
+    return result == 0
+
+
+@dataclass
+class DumpedFds:
+    fdinfo: list       # fdinfo_entry, by fd
+    pipe_data: list    # (pipe_data_entry, bytes)
+
+
+def dump_fds(pid, open_fds, files, steal_fds):
+    """Add every open file description to files; fdinfo entries and pipe contents.
+
+    steal_fds(fds) -> criupy's copies of the task's fds (the parasite's steal_fds); used for pipes only.
+    """
+    fdinfo = []
+    seen = []  # (OpenFd, file id) of each open file description already in files
+    pipe_readers = {}  # pipe inode -> OpenFd of the first read end: where its data is read from
+    for open_fd in open_fds:
+        file_id = next((file_id for other, file_id in seen
+                        if (other.st.st_dev, other.st.st_ino) == (open_fd.st.st_dev, open_fd.st.st_ino)
+                        and _same_description(pid, other.fd, open_fd.fd)), None)
+        if file_id is None:
+            file_id = files.new_id()
+            seen.append((open_fd, file_id))
+            flags = open_fd.info.flags & ~O_CLOEXEC
+            if open_fd.kind == "pipe":
+                files.add_pipe(pipe_pb2.pipe_entry(id=file_id, pipe_id=open_fd.st.st_ino, flags=flags,
+                                                   fown=_no_owner()))
+                if flags & os.O_ACCMODE == os.O_RDONLY:
+                    pipe_readers.setdefault(open_fd.st.st_ino, open_fd)
+            else:
+                path = _checked_path(f"fd {open_fd.fd}", open_fd.link, open_fd.st)
+                files.add_reg(_reg_entry(file_id, flags, open_fd.info.pos, path, open_fd.st, open_fd.info.mnt_id))
+        fd_type = fdinfo_pb2.PIPE if open_fd.kind == "pipe" else fdinfo_pb2.REG
+        fdinfo.append(fdinfo_pb2.fdinfo_entry(id=file_id, flags=FD_CLOEXEC if open_fd.info.flags & O_CLOEXEC else 0,
+                                              type=fd_type, fd=open_fd.fd))
+    pipe_data = _pipe_contents(list(pipe_readers.items()), steal_fds) if pipe_readers else []
+    return DumpedFds(fdinfo, pipe_data)
+
+
+def _pipe_contents(readers, steal_fds):
+    """(pipe_data_entry, bytes) of each pipe, read from a copy of its read end without consuming them.
+
+    A pipe of which the task holds only the write end keeps its data for its reader elsewhere.
+    """
+    stolen = steal_fds([open_fd.fd for _, open_fd in readers])
+    try:
+        return [_peek_pipe(pipe_id, fd) for (pipe_id, _), fd in zip(readers, stolen)]
+    finally:
+        for fd in stolen:
+            os.close(fd)
+
+
+def _peek_pipe(pipe_id, read_end):
+    size = fcntl.fcntl(read_end, F_GETPIPE_SZ)
+    copy_read, copy_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(copy_write, F_SETPIPE_SZ, size)  # room for everything the pipe can hold
+        copied = libc.tee(read_end, copy_write, size, SPLICE_F_NONBLOCK)
+        if copied < 0:
+            err = ctypes.get_errno()
+            if err != errno.EAGAIN:  # EAGAIN: the pipe is empty
+                raise CriupyError(f"cannot copy the data of pipe {pipe_id}: {os.strerror(err)}")
+            copied = 0
+        data = b""
+        while len(data) < copied:
+            data += os.read(copy_read, copied - len(data))
+    finally:
+        os.close(copy_read)
+        os.close(copy_write)
+    log.debug("pipe %d holds %d bytes", pipe_id, len(data))
+    return pipe_data_pb2.pipe_data_entry(pipe_id=pipe_id, bytes=len(data), size=size), data
