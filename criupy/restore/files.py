@@ -70,9 +70,9 @@ def _reg(task, file_id, what):
     return entry.reg
 
 
-def _check_same_file(path, reg, st):
+def _check_same_file(path, reg, st, check_size=True):
     """The file at path must be the one dumped: size, and inode, device and mtime where recorded."""
-    if reg.HasField("size") and stat.S_ISREG(st.st_mode) and st.st_size != reg.size:
+    if check_size and reg.HasField("size") and stat.S_ISREG(st.st_mode) and st.st_size != reg.size:
         raise CriupyError(f"file {path} changed size since the dump ({reg.size} bytes, now {st.st_size})")
     if reg.HasField("mode") and stat.S_IFMT(st.st_mode) != stat.S_IFMT(reg.mode):
         raise CriupyError(f"file {path} is no longer the kind of file it was at the dump")
@@ -82,7 +82,7 @@ def _check_same_file(path, reg, st):
             raise CriupyError(f"file {path} changed since the dump (its {image_field} differs)")
 
 
-def _open_checked(path, flags, reg):
+def _open_checked(path, flags, reg, check_size=True):
     try:
         fd = os.open(path, flags | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -90,16 +90,21 @@ def _open_checked(path, flags, reg):
     except OSError as e:
         raise CriupyError(f"cannot open {path}: {e.strerror}") from None
     try:
-        _check_same_file(path, reg, os.fstat(fd))
+        _check_same_file(path, reg, os.fstat(fd), check_size)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
+def _appends_only(flags):
+    """A write-only append file (a log): it may grow meanwhile, writes go to its end anyway (as CRIU)."""
+    return flags & os.O_ACCMODE == os.O_WRONLY and flags & os.O_APPEND
+
+
 def _open_regular(reg):
     path = _path(reg)
-    fd = _open_checked(path, reg.flags & ~OPEN_FLAGS_DROPPED, reg)
+    fd = _open_checked(path, reg.flags & ~OPEN_FLAGS_DROPPED, reg, check_size=not _appends_only(reg.flags))
     try:
         os.lseek(fd, reg.pos, os.SEEK_SET)
     except OSError:

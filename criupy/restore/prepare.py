@@ -163,6 +163,9 @@ def _fill(region, task, plan, opened, xsave, signals, timers, groups, pages_fd, 
     else:
         a.sas_flags = 2  # SS_DISABLE
     a.clear_child_tid = info.clear_tid_addr
+    if thread.HasField("rseq_entry") and thread.rseq_entry.rseq_abi_pointer:
+        r = thread.rseq_entry
+        a.rseq.pointer, a.rseq.size, a.rseq.signature = r.rseq_abi_pointer, r.rseq_abi_size, r.signature
     a.xsave = region.bytes(xsave, 64)
     a.xsave_size = len(xsave)
     a.sigframe = region.allocate(SIGFRAME_SIZE, PAGE_SIZE)

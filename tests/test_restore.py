@@ -1,0 +1,246 @@
+"""criupy.restore: the restorer blob on a task of our own making, and dump + restore of real victims."""
+
+import ctypes
+import os
+import signal
+import struct
+import subprocess
+import time
+
+import keystone
+import pytest
+
+from criupy import proc
+from criupy.errors import CriupyError
+from criupy.restore import args as rst
+from criupy.restore import restore
+from criupy.restore.memory import TASK_SIZE, SpecialArea
+from criupy.restore.region import SIGFRAME_SIZE, Region, data_size
+from criupy.restore.task import Restoring, clone_with_pid
+
+RESTORER_DIR = os.path.join(os.path.dirname(__file__), "..", "restorer")
+SPECIAL_PATHS = ("[vvar]", "[vvar_vclock]", "[vdso]")
+
+
+def _free_pid():
+    with open("/proc/sys/kernel/ns_last_pid") as f:
+        candidate = int(f.read()) + 500
+    while os.path.exists(f"/proc/{candidate}"):
+        candidate += 1
+    return candidate
+
+
+def test_argument_layout_matches_restorer_h(tmp_path):
+    """Every offset the Python side writes is where the C restorer reads it."""
+    fields = [name for name, *_ in rst.Args._fields_ if not name.startswith("pad")]
+    program = tmp_path / "layout.c"
+    program.write_text(
+        '#include <stdio.h>\n#include <stddef.h>\n#include "restorer.h"\nint main(void) {\n'
+        + "".join(f'printf("{n} %zu\\n", offsetof(struct rst_args, {n}));\n' for n in fields)
+        + 'printf("size %zu\\n", sizeof(struct rst_args));\n'
+        + "".join(f'printf("{c} %zu\\n", sizeof(struct {s}));\n' for c, s in (
+            ("Vma", "rst_vma"), ("SpecialVma", "rst_special_vma"), ("Fd", "rst_fd"),
+            ("PosixTimer", "rst_posix_timer"), ("Signal", "rst_signal"), ("Creds", "rst_creds")))
+        + "return 0; }\n"
+    )
+    subprocess.run(["gcc", "-I", RESTORER_DIR, "-o", str(tmp_path / "layout"), str(program)], check=True)
+    c_layout = subprocess.run([str(tmp_path / "layout")], check=True, capture_output=True, text=True).stdout
+    py_layout = "".join(f"{n} {getattr(rst.Args, n).offset}\n" for n in fields)
+    py_layout += f"size {ctypes.sizeof(rst.Args)}\n"
+    py_layout += "".join(f"{c} {ctypes.sizeof(getattr(rst, c))}\n"
+                         for c in ("Vma", "SpecialVma", "Fd", "PosixTimer", "Signal", "Creds"))
+    assert c_layout == py_layout
+
+
+# --- the restorer on a synthetic task: one page of code, stdout, the vDSO --------------------------------
+
+CODE_BASE = 0x500000000
+
+
+def _synthetic_code():
+    """Writes "hello\\n" to fd 1 with the x87/SSE/AVX state it was given checked, then waits in pause()."""
+    return bytes(keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64).asm(
+        "movq rax, xmm3; cmp rax, 0x1234; jne bad;"
+        "mov eax, 1; mov edi, 1; lea rsi, [rip + msg]; mov edx, 6; syscall;"
+        "again: mov eax, 34; syscall; jmp again;"
+        "bad: mov eax, 231; mov edi, 3; syscall;"
+        'msg: .ascii "hello\\n"', CODE_BASE)[0])
+
+
+def _restore_synthetic(pid, output_fd, code, pages_path):
+    """Run the restorer for a task whose whole address space is one page of code; returns its PID."""
+    specials = [SpecialArea(m.start, m.start, m.size) for m in proc.maps() if m.path in SPECIAL_PATHS]
+    pages_path.write_bytes(code.ljust(4096, b"\0"))
+    pages_read = os.open(pages_path, os.O_RDONLY)
+    log_read, log_write = os.pipe2(os.O_CLOEXEC)
+    go_read, go_write = os.pipe2(os.O_CLOEXEC)
+    base = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
+    own = [os.dup2(fd, base + i) for i, fd in enumerate((pages_read, output_fd, log_write, go_read))]
+
+    region = Region(data_size(1, 1, len(specials), 1, 0, 0, 0, 576), sum(s.size for s in specials),
+                    [(CODE_BASE, CODE_BASE + 4096)])
+    a = rst.Args.from_address(region.allocate(ctypes.sizeof(rst.Args), 64))
+    a.region_start, a.region_size, a.stack_top, a.task_size = region.start, region.size, region.stack_top, TASK_SIZE
+    a.pages_fd, a.log_fd, a.sync_fd, a.first_own_fd = base, base + 2, base + 3, base
+    a.log_level = 3
+    a.vmas = region.array(rst.Vma, [dict(start=CODE_BASE, end=CODE_BASE + 4096, prot=5, flags=0x22, fd=-1, fill=1)])
+    a.nr_vmas = 1
+    a.iovs = region.array(rst.Iovec, [dict(base=CODE_BASE, len=4096)])
+    a.nr_iovs = 1
+    parked = region.parking
+    placed = []
+    for s in specials:
+        placed.append(dict(current=s.current, parked=parked, dumped=s.dumped, size=s.size))
+        parked += s.size
+    a.specials, a.nr_specials = region.array(rst.SpecialVma, placed), len(placed)
+    a.fds, a.nr_fds = region.array(rst.Fd, [dict(source=base + 1, target=1)]), 1
+    a.umask, a.cwd_fd, a.root_fd = 0o22, -1, -1
+    m = a.mm
+    m.start_code, m.end_code, m.start_data, m.end_data = CODE_BASE, CODE_BASE + 4096, CODE_BASE, CODE_BASE + 4096
+    m.start_brk = m.brk = CODE_BASE + 4096
+    m.start_stack = m.arg_start = m.arg_end = m.env_start = m.env_end = CODE_BASE + 2048
+    m.auxv, m.auxv_size, m.exe_fd = ctypes.addressof(a.auxv), 16, 0xFFFFFFFF
+    a.regs.ip, a.regs.cs, a.regs.ss, a.regs.flags, a.regs.sp = CODE_BASE, 0x33, 0x2B, 0x202, CODE_BASE + 2048
+    xsave = bytearray(576)
+    struct.pack_into("<H", xsave, 0, 0x37F)         # fcw
+    struct.pack_into("<I", xsave, 24, 0x1F80)       # mxcsr
+    struct.pack_into("<Q", xsave, 160 + 3 * 16, 0x1234)  # xmm3 low quadword
+    struct.pack_into("<Q", xsave, 512, 0b11)        # xstate_bv: x87 and SSE state are in the image
+    a.xsave, a.xsave_size = region.bytes(bytes(xsave), 64), len(xsave)
+    a.sigframe, a.sigframe_size = region.allocate(SIGFRAME_SIZE, 4096), SIGFRAME_SIZE
+    a.sas_flags = 2  # SS_DISABLE
+    a.blocked = 1 << (signal.SIGUSR2 - 1)
+
+    trap, syscall = region.export("restorer_trap"), region.export("restorer_syscall")
+    start, size = region.start, region.size
+    try:
+        child = clone_with_pid(pid, region.entry(), ctypes.addressof(a))
+    finally:
+        region.unmap()
+        for fd in own + [pages_read, log_write, go_read]:
+            os.close(fd)
+    restoring = Restoring(child, log_read, go_write, trap, syscall, ctypes.addressof(a) + rst.Args.own_rseq.offset)
+    try:
+        restoring.run_to_dumped_code()
+        restoring.unmap_restorer_and_detach(start, size)
+    except BaseException:
+        restoring.kill()
+        raise
+    finally:
+        os.close(log_read)
+        os.close(go_write)
+    return child
+
+
+def test_restorer_rebuilds_a_synthetic_task(tmp_path, processes):
+    pid = _free_pid()
+    output = tmp_path / "out"
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        child = processes.track(_restore_synthetic(pid, fd, _synthetic_code(), tmp_path / "pages.img"))
+    finally:
+        os.close(fd)
+    assert child == pid
+    while output.read_bytes() != b"hello\n":  # the task checked xmm3 before it wrote
+        assert proc.status(pid)["State"][0] in "RS"
+        time.sleep(0.01)
+    maps = proc.maps(pid)
+    assert [(m.start, m.perms) for m in maps if m.path not in SPECIAL_PATHS + ("[vsyscall]",)] == [
+        (CODE_BASE, "r-xp")]
+    ours = [(m.path, m.size) for m in proc.maps() if m.path in SPECIAL_PATHS]
+    assert [(m.path, m.size) for m in maps if m.path in SPECIAL_PATHS] == ours
+    assert os.listdir(f"/proc/{pid}/fd") == ["1"]
+    status = proc.status(pid)
+    assert int(status["SigBlk"], 16) == 1 << (signal.SIGUSR2 - 1)
+    assert status["TracerPid"] == "0"
+
+
+def test_pid_in_use_is_a_clear_error():
+    with pytest.raises(CriupyError, match=rf"PID {os.getpid()} is in use"):
+        clone_with_pid(os.getpid(), 0, 0)
+
+
+# --- dump and restore of real victims (need criupy.dump) ------------------------------------------------
+
+# (criupy.dump and criupy.restore name both the functions and the packages: importing the package
+# replaces the function on the criupy module, so the tests call the packages' functions.)
+from criupy.dump import dump  # noqa: E402
+
+
+def _wait_for_lines(path, count):
+    while len(path.read_text().splitlines()) < count:
+        time.sleep(0.01)
+
+
+def _dumped_counter(victim, processes, tmp_path):
+    output = tmp_path / "counter.out"
+    with open(output, "a") as out:
+        counter = processes.start([victim("counter")], stdout=out, stdin=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+    _wait_for_lines(output, 5)
+    maps_before = [(m.start, m.end, m.perms, m.path) for m in proc.maps(counter.pid)]
+    images = tmp_path / "images"
+    dump(counter.pid, str(images))
+    counter.wait()
+    return counter.pid, output, images, maps_before
+
+
+def _tree_bytes(directory):
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
+
+
+def _check_counts_on(output):
+    numbers = [int(line) for line in output.read_text().splitlines()]
+    assert numbers == list(range(len(numbers)))  # no gap, no repeat
+
+
+def test_counter_goes_on_after_restore(victim, processes, tmp_path):
+    pid, output, images, maps_before = _dumped_counter(victim, processes, tmp_path)
+    before = _tree_bytes(images)
+    restored = processes.track(restore(str(images), detach=True))
+    assert restored == pid
+    maps_after = [(m.start, m.end, m.perms, m.path) for m in proc.maps(pid)]
+    assert maps_after == maps_before
+    count = len(output.read_text().splitlines())
+    _wait_for_lines(output, count + 10)
+    _check_counts_on(output)
+    assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"]
+    assert _tree_bytes(images) == before
+
+
+def test_same_images_restore_twice(victim, processes, tmp_path):
+    pid, output, images, _ = _dumped_counter(victim, processes, tmp_path)
+    for _ in range(2):
+        restored = processes.track(restore(str(images), detach=True))
+        count = len(output.read_text().splitlines())
+        _wait_for_lines(output, count + 3)
+        os.kill(restored, signal.SIGKILL)
+        os.waitpid(restored, 0)
+
+
+def test_damaged_images_give_one_clear_error_and_no_process(victim, processes, tmp_path):
+    pid, output, images, _ = _dumped_counter(victim, processes, tmp_path)
+    pristine = _tree_bytes(images)
+    damages = []
+    for name, data in pristine.items():
+        damages.append((name, data[: len(data) // 2]))           # truncated
+        damages.append((name, data[:8] + bytes(len(data) - 8)))   # zeroed after the magic
+        damages.append((name, None))                              # missing
+    for name, damaged in damages:
+        for other, data in pristine.items():
+            (images / other).write_bytes(data)
+        if damaged is None:
+            (images / name).unlink()
+        else:
+            (images / name).write_bytes(damaged)
+        state_before = _tree_bytes(images)
+        try:
+            processes.track(restore(str(images), detach=True))
+        except CriupyError as e:
+            assert "\n" not in str(e) and str(e)
+            assert not os.path.exists(f"/proc/{pid}"), f"a process was left behind after: {e}"
+        else:
+            # some damage is harmless (a zeroed pages image restores wrong memory, not a refusal)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert _tree_bytes(images) == state_before
