@@ -275,6 +275,23 @@ def test_a_dump_failing_while_the_process_is_stopped_resumes_it_and_removes_its_
     assert sorted(os.listdir(images)) == ["notes.txt"]
 
 
+@pytest.mark.parametrize("setup, message", [
+    pytest.param("import mmap\nkeep = mmap.mmap(-1, 4096)\nprint(0, flush=True)",
+                 r"^mapping 0x[0-9a-f]+-0x[0-9a-f]+ \(/dev/zero \(deleted\)\) is shared anonymous memory: "
+                 r"not supported yet$", id="shared-anonymous-memory"),
+    pytest.param("import os, tempfile\nkeep = tempfile.NamedTemporaryFile()\nos.unlink(keep.name)\n"
+                 "print(keep.fileno(), flush=True)",
+                 r"^fd {fd}: file /tmp/\S+ was deleted: not supported yet$", id="deleted-file"),
+])
+def test_what_criupy_cannot_dump_yet_is_named_and_the_process_runs_on(processes, tmp_path, setup, message):
+    script = setup + "\nimport time\nwhile True: time.sleep(0.05)"
+    process = processes.start([sys.executable, "-c", script], stdout=subprocess.PIPE, **QUIET)
+    fd = int(read_line(process))
+    with pytest.raises(CriupyError, match=message.replace("{fd}", str(fd))):
+        criupy.dump(process.pid, str(tmp_path / "images"))
+    assert_running_untraced(process.pid)
+
+
 def test_no_such_pid(tmp_path):
     with pytest.raises(CriupyError, match=r"^no process with PID 4194303$"):
         criupy.dump(4194303, str(tmp_path / "images"))

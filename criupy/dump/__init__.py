@@ -73,7 +73,10 @@ def _logging(log_file, verbose):
     previous_level = logger.level
     handler = None
     if log_file:
-        handler = logging.FileHandler(log_file)
+        try:
+            handler = logging.FileHandler(log_file)
+        except OSError as e:
+            raise CriupyError(f"cannot open log file {log_file}: {e.strerror}") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)

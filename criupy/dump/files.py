@@ -171,15 +171,18 @@ def inspect_fds(pid):
     """The task's open fds, each checked to be of a kind criupy dumps (else CriupyError naming it)."""
     result = []
     for fd in proc.fds(pid):
-        link = proc.fd_link(pid, fd)
         try:
+            link = proc.fd_link(pid, fd)
             st = os.stat(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            raise CriupyError(f"fd {fd} of PID {pid} closed while criupy looked at it") from None
+            info = proc.fdinfo(pid, fd)
+        except (CriupyError, FileNotFoundError):
+            if os.path.lexists(f"/proc/{pid}/fd/{fd}"):
+                raise
+            continue  # closed since the listing (the task still runs when criupy first looks)
         kind = _kind(fd, link, st)
         if kind == "reg" and link.endswith(" (deleted)"):
             raise CriupyError(f"fd {fd}: file {link[:-len(' (deleted)')]} was deleted: not supported yet")
-        result.append(OpenFd(fd, link, proc.fdinfo(pid, fd), st, kind))
+        result.append(OpenFd(fd, link, info, st, kind))
     return result
 
 

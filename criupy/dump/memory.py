@@ -72,16 +72,18 @@ def _flags_and_madv(vm_flags):
     return flags, madv
 
 
-def check_mappings(pid, skip=None):
-    """Raise CriupyError naming the first mapping criupy cannot dump. skip: (start, end) to ignore."""
+def check_mappings(pid):
+    """Raise CriupyError naming the first mapping criupy cannot dump.
+
+    The task may still run: a mapping that went away meanwhile is no concern."""
     for entry in proc.smaps(pid):
-        _classify(pid, entry, skip)
+        _classify(pid, entry)
 
 
-def _classify(pid, smaps_entry, skip):
-    """'skip', 'vdso', 'anon' or 'file' for one mapping; raises for what is not supported."""
+def _classify(pid, smaps_entry):
+    """'skip', 'vdso', 'anon', 'file' (or 'gone') for one mapping; raises for what is not supported."""
     m = smaps_entry.mapping
-    if m.path in SKIPPED_AREAS or (skip and skip[0] <= m.start < skip[1]):
+    if m.path in SKIPPED_AREAS:
         return "skip"
     if m.path in VDSO_AREAS:
         return "vdso"
@@ -98,26 +100,33 @@ def _classify(pid, smaps_entry, skip):
     if m.path.endswith(" (deleted)"):
         raise CriupyError(f"{describe(m)} maps a deleted file: not supported yet")
     st = _mapped_file_stat(pid, m)
+    if st is None:
+        return "gone"
     if not stat.S_ISREG(st.st_mode):
         raise CriupyError(f"{describe(m)} maps a device or special file: not supported yet")
     return "file"
 
 
 def _mapped_file_stat(pid, m):
+    """The mapped file's stat; None if the mapping is gone (unmapped since smaps was read)."""
     try:
         return os.stat(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
     except FileNotFoundError:
-        raise CriupyError(f"{describe(m)} went away while criupy looked at it") from None
+        return None
 
 
-def collect_vmas(pid, files, parasite_area=None):
-    """The task's mappings as Vma, in address order; file mappings get their files.img entry from files."""
+def collect_vmas(pid, files):
+    """The task's mappings as Vma, in address order; file mappings get their files.img entry from files.
+
+    Read before the parasite is loaded: its mapping is not the task's."""
     vmas = []
     for smaps_entry in proc.smaps(pid):
         m = smaps_entry.mapping
-        kind = _classify(pid, smaps_entry, parasite_area)
+        kind = _classify(pid, smaps_entry)
         if kind == "skip":
             continue
+        if kind == "gone":  # the task is stopped: its mappings cannot change
+            raise CriupyError(f"{describe(m)} of stopped PID {pid} went away")
         flags, madv = _flags_and_madv(smaps_entry.vm_flags)
         flags |= mmap.MAP_SHARED if m.shared else mmap.MAP_PRIVATE
         entry = vma_pb2.vma_entry(start=m.start, end=m.end, pgoff=0, shmid=0, prot=_prot(m.perms), flags=flags,
