@@ -29,7 +29,7 @@ class OpenedFiles:
 
     fds: list = field(default_factory=list)           # (source fd, target fd, cloexec)
     mapping_fds: dict = field(default_factory=dict)   # files.img id -> fd, for file mappings
-    exe_fd: int = -1
+    exe_fd: int = -1                                  # -1: /proc/PID/exe is right already
     cwd_fd: int = -1
     root_fd: int = -1
     held: list = field(default_factory=list)          # every fd above, once
@@ -71,15 +71,11 @@ def _reg(task, file_id, what):
 
 
 def _check_same_file(path, reg, st, check_size=True):
-    """The file at path must be the one dumped: size, and inode, device and mtime where recorded."""
+    """The file at path must be the one dumped, as far as files.img records it: size and kind."""
     if check_size and reg.HasField("size") and stat.S_ISREG(st.st_mode) and st.st_size != reg.size:
         raise CriupyError(f"file {path} changed size since the dump ({reg.size} bytes, now {st.st_size})")
     if reg.HasField("mode") and stat.S_IFMT(st.st_mode) != stat.S_IFMT(reg.mode):
         raise CriupyError(f"file {path} is no longer the kind of file it was at the dump")
-    for image_field, now in (("inode", st.st_ino), ("dev", st.st_dev), ("mtime_ns", st.st_mtime_ns)):
-        if image_field in reg.DESCRIPTOR.fields_by_name and reg.HasField(image_field) \
-                and getattr(reg, image_field) != now:
-            raise CriupyError(f"file {path} changed since the dump (its {image_field} differs)")
 
 
 def _open_checked(path, flags, reg, check_size=True):
@@ -173,7 +169,14 @@ def _open_all(task, opened):
         opened.mapping_fds[mapping_file_id] = opened.hold(fd)
 
     exe = _reg(task, task.mm.exe_file_id, "the executable")
-    opened.exe_fd = opened.hold(_open_checked(_path(exe), os.O_RDONLY, exe))
+    exe_fd = _open_checked(_path(exe), os.O_RDONLY, exe)
+    here, dumped = os.stat("/proc/self/exe"), os.fstat(exe_fd)
+    if (here.st_dev, here.st_ino) == (dumped.st_dev, dumped.st_ino):
+        # criupy's own interpreter: the link is right already, and the kernel refuses to set it
+        # while the file is mapped (it is: by the restored process itself)
+        os.close(exe_fd)
+    else:
+        opened.exe_fd = opened.hold(exe_fd)
 
     for name, file_id in (("cwd", task.fs.cwd_id), ("root", task.fs.root_id)):
         path = _path(_reg(task, file_id, f"the {name}"))

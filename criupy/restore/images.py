@@ -79,6 +79,7 @@ def read_task(images_dir):
     if not os.path.isdir(images_dir):
         raise CriupyError(f"no images directory {images_dir}")
     images = ImagesDir(images_dir, "r")
+    _one(images, "inventory")  # every dump has one: its absence or damage means the dump is not whole
     tree = _read(images, "pstree")
     if not tree:
         raise CriupyError("image pstree.img is corrupt: it lists no process")
@@ -119,7 +120,7 @@ def read_task(images_dir):
         mm=mm,
         pagemap=entries,
         pages_id=head.pages_id,
-        fdinfo=_read(images, f"fdinfo-{ids.files_id}", required=False),
+        fdinfo=_read(images, f"fdinfo-{ids.files_id}"),
         files=files,
         fs=_one(images, f"fs-{pid}"),
         pipe_data=pipe_data,

@@ -116,7 +116,7 @@ def _fill(region, task, plan, opened, xsave, signals, timers, groups, pages_fd, 
     a.mm.env_start, a.mm.env_end = mm.mm_env_start, mm.mm_env_end
     a.mm.auxv = ctypes.addressof(a.auxv)
     a.mm.auxv_size = len(auxv) * 8
-    a.mm.exe_fd = opened.exe_fd
+    a.mm.exe_fd = opened.exe_fd if opened.exe_fd >= 0 else 0xFFFFFFFF  # -1: keep
 
     for sig, entry in _sigactions(core, task.pid).items():
         action = a.sigactions[sig - 1]
