@@ -8,21 +8,11 @@ The library API is what the command line uses:
 Both raise criupy.CriupyError with a one-line message on any failure a user can act on.
 """
 
+# The packages criupy.dump and criupy.restore import their heavy parts inside the functions, so these
+# imports stay cheap. Binding the functions here, after the packages are loaded, keeps `criupy.dump`
+# the function: Python sets a package's attribute to a subpackage only when it first loads it.
+from criupy.dump import dump
 from criupy.errors import CriupyError
+from criupy.restore import restore
 
 __all__ = ["CriupyError", "dump", "restore"]
-
-
-def dump(pid, images_dir, leave_running=False, **options):
-    """Dump the process tree rooted at PID into images_dir (see criupy.dump.dump)."""
-    # Imported here so that `import criupy` stays cheap for commands that do not dump.
-    from criupy.dump import dump as dump_tree
-
-    return dump_tree(pid, images_dir, leave_running=leave_running, **options)
-
-
-def restore(images_dir, detach=False, **options):
-    """Restore the process tree dumped in images_dir (see criupy.restore.restore)."""
-    from criupy.restore import restore as restore_tree
-
-    return restore_tree(images_dir, detach=detach, **options)

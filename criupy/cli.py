@@ -10,21 +10,15 @@ import logging
 import sys
 
 from criupy.errors import CriupyError
+from criupy.log import log_to
 
 
-def _setup_logging(args):
-    """-o FILE sends the log to FILE; -v adds detail. Without -o only warnings reach stderr."""
-    level = logging.DEBUG if args.verbose else logging.INFO
-    logger = logging.getLogger("criupy")
-    logger.setLevel(level)
-    if args.log_file:
-        handler = logging.FileHandler(args.log_file)
-        handler.setFormatter(logging.Formatter("%(relativeCreated)8.1f ms %(levelname)s %(name)s: %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setLevel(level if args.verbose else logging.WARNING)
-        handler.setFormatter(logging.Formatter("criupy: %(message)s"))
-    logger.addHandler(handler)
+def _log_to_stderr(everything):
+    """Warnings and the final error reach stderr as `criupy: <message>`; everything does with -v and no -o."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.DEBUG if everything else logging.WARNING)
+    handler.setFormatter(logging.Formatter("criupy: %(message)s"))
+    logging.getLogger("criupy").addHandler(handler)
 
 
 def cmd_check(args):
@@ -94,12 +88,18 @@ def _parser():
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    _setup_logging(args)
+    _log_to_stderr(everything=args.verbose and not args.log_file)
+    log = logging.getLogger("criupy")
     try:
-        return args.function(args)
-    except CriupyError as e:
-        print(f"criupy: {e}", file=sys.stderr)
+        with log_to(args.log_file, args.verbose):
+            try:
+                return args.function(args)
+            except CriupyError as e:
+                log.error("%s", e)  # to stderr, and to the log file while it is open
+                return 1
+    except CriupyError as e:  # the log file itself could not be opened
+        log.error("%s", e)
         return 1
     except KeyboardInterrupt:
-        print("criupy: interrupted", file=sys.stderr)
+        log.error("interrupted")
         return 130

@@ -1,6 +1,6 @@
 """The dump pipeline: one single-threaded process -> CRIU's images.
 
-    criupy.dump(pid, images_dir, leave_running=False, log_file=None, verbose=False)
+    criupy.dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False)
 
 Steps (as CRIU's cr-dump.c):
   check     the process, its fds and its mappings are of kinds criupy dumps (before it is stopped)
@@ -15,13 +15,12 @@ Steps (as CRIU's cr-dump.c):
 import contextlib
 import logging
 import os
-import sys
 import time
-import types
 from dataclasses import dataclass
 
 from criupy import proc
 from criupy.errors import CriupyError
+from criupy.log import log_to
 
 log = logging.getLogger("criupy.dump")
 
@@ -45,16 +44,18 @@ def _microseconds(since):
     return int((time.monotonic() - since) * 1_000_000)
 
 
-def dump(pid, images_dir, leave_running=False, log_file=None, verbose=False):
-    """Dump process PID into images_dir. Raises CriupyError (the process running as before) on failure."""
-    with _logging(log_file, verbose):
+def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False):
+    """Dump process PID into images_dir. Raises CriupyError (the process running as before) on failure.
+
+    overwrite: replace the images a directory already holds (else such a directory is refused)."""
+    with log_to(log_file, verbose):
         # Imported here: `import criupy` must not load the image schemas.
         from criupy.images import ImagesDir
 
         from criupy.dump import tree
 
         status = tree.check_task(pid)  # before touching the images directory: a wrong PID changes nothing
-        images = ImagesDir(images_dir, "w")
+        images = ImagesDir(images_dir, "w", overwrite=overwrite)
         written_before = set(images.names())
         try:
             _dump(pid, status, images, leave_running)
@@ -64,32 +65,6 @@ def dump(pid, images_dir, leave_running=False, log_file=None, verbose=False):
                     os.unlink(images.path(name))
             raise
         log.info("dumped PID %d into %s", pid, images_dir)
-
-
-@contextlib.contextmanager
-def _logging(log_file, verbose):
-    """Log under "criupy" to log_file (if given) at INFO, or DEBUG when verbose, for the span of the dump."""
-    logger = logging.getLogger("criupy")
-    previous_level = logger.level
-    handler = None
-    if log_file:
-        try:
-            handler = logging.FileHandler(log_file)
-        except OSError as e:
-            raise CriupyError(f"cannot open log file {log_file}: {e.strerror}") from None
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    try:
-        yield
-    except CriupyError as e:
-        logger.error("%s", e)
-        raise
-    finally:
-        logger.setLevel(previous_level)
-        if handler is not None:
-            logger.removeHandler(handler)
-            handler.close()
 
 
 def _dump(pid, status, images, leave_running):
@@ -194,15 +169,3 @@ def _write_stats(images, stats):
         memwrite_time=stats.memwrite_time, pages_scanned=stats.pages_scanned, pages_skipped_parent=0,
         pages_written=stats.pages_written, pages_lazy=0)
     images.write("stats-dump", [stats_pb2.stats_entry(dump=entry)])
-
-
-class _CallableModule(types.ModuleType):
-    """Importing criupy.dump.<anything> makes `criupy.dump` this module instead of the function
-    criupy/__init__.py defines (Python sets a package's attribute to its submodule): calling the module
-    dumps too, so `criupy.dump(pid, dir)` works either way."""
-
-    def __call__(self, pid, images_dir, leave_running=False, **options):
-        return dump(pid, images_dir, leave_running=leave_running, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule

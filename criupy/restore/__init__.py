@@ -1,6 +1,7 @@
 """The restore pipeline: images -> a task with its dumped PID, running the dumped code again.
 
-    criupy.restore(images_dir, detach=False, pidfile=None) -> exit status, or the PID when detached
+    criupy.restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False)
+        -> exit status, or the PID when detached
 
 Steps, each in its module:
   images   read and check every image (nothing is created before they pass)
@@ -17,6 +18,7 @@ import logging
 import os
 
 from criupy.errors import CriupyError
+from criupy.log import log_to
 
 log = logging.getLogger("criupy.restore")
 
@@ -25,8 +27,13 @@ def _highest_open_fd():
     return max(int(fd) for fd in os.listdir("/proc/self/fd"))
 
 
-def restore(images_dir, detach=False, pidfile=None, **options):
+def restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False):
     """Restore the process dumped in images_dir. Returns its PID if detach, else its exit status."""
+    with log_to(log_file, verbose):
+        return _restore(images_dir, detach, pidfile)
+
+
+def _restore(images_dir, detach, pidfile):
     # Imported here: the pipeline's modules load the image schemas, which `import criupy` does not need.
     from criupy.restore import prepare
     from criupy.restore.args import Args
