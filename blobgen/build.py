@@ -11,7 +11,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from blobgen.compile import compile_sources, find_sources
-from blobgen.image import BlobImage, collect_exports, collect_relocations, extract_image
+from blobgen.image import BlobImage, collect_exports, collect_relocations, collect_sections, extract_image
 from blobgen.link import check_relocations, check_sections, link
 from blobgen.symbols import check_undefined_symbols
 from criupy.errors import CriupyError
@@ -42,8 +42,10 @@ def pie_library_sources():
     return find_sources(PIE_DIR / "lib")
 
 
-def build_sources(name, sources, include_dirs, prefix_maps=()):
-    """Build sources (a list of (path, object name)) plus the pie library into a BlobImage."""
+def build_sources(name, sources, include_dirs, prefix_maps=(), exports=collect_exports):
+    """Build sources (a list of (path, object name)) plus the pie library into a BlobImage.
+
+    exports(elf) -> {name: offset} picks the entry points (plugins have hooks, not __export_ names)."""
     sources = list(sources) + [(src, f"pie/{src.stem}.o") for src in pie_library_sources()]
     prefix_maps = [*prefix_maps, (PIE_DIR, "pie")]
     with tempfile.TemporaryDirectory(prefix=f"blobgen-{name}-") as tmp:
@@ -67,8 +69,9 @@ def build_sources(name, sources, include_dirs, prefix_maps=()):
                 name=name,
                 code=code,
                 bss_size=bss_size,
-                exports=collect_exports(elf),
+                exports=exports(elf),
                 relocations=collect_relocations(elf, len(code)),
+                sections=collect_sections(elf),
             )
 
 

@@ -5,7 +5,9 @@
     criupy-blobgen --check [NAME...]
                                    rebuild in a temporary directory; fail naming each module that differs
     criupy-blobgen --disasm NAME|FILE
-                                   disassemble a built blob module (no compiler needed)
+                                   disassemble a built blob module or PIE plugin (no compiler needed)
+    criupy-blobgen --plugin FILE.c -o PLUGIN
+                                   build a PIE plugin for `criupy restore --pie-plugin`
     criupy-blobgen --c-header FILE also write the built blobs as a CRIU-style C header
     criupy-blobgen --src DIR --out FILE [--name NAME]
                                    the same for any directory and module file (tests use this)
@@ -17,7 +19,8 @@ from pathlib import Path
 
 from blobgen.build import BLOB_NAMES, REPO_ROOT, blob_dirs_with_sources, build_blob, module_path
 from blobgen.disasm import disassemble, load_module
-from blobgen.output import render_c_header, render_module
+from blobgen.output import render_c_header, render_module, render_plugin
+from blobgen.plugin import build_plugin
 from criupy.errors import CriupyError
 
 
@@ -30,7 +33,9 @@ def _parser():
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="only check that the committed modules match their sources")
-    mode.add_argument("--disasm", metavar="NAME|FILE", help="print a disassembly of a built blob module")
+    mode.add_argument("--disasm", metavar="NAME|FILE", help="print a disassembly of a built blob module or plugin")
+    mode.add_argument("--plugin", metavar="FILE.c", help="build a PIE plugin from FILE.c (with -o PLUGIN)")
+    parser.add_argument("-o", dest="plugin_out", metavar="PLUGIN", help="with --plugin: the plugin file to write")
     parser.add_argument("--c-header", metavar="FILE", help="also write the built blobs as a C header")
     parser.add_argument("--src", metavar="DIR", help="build the blob sources in DIR instead of a named blob")
     parser.add_argument("--out", metavar="FILE", help="with --src: the module file to write (or check)")
@@ -89,10 +94,15 @@ def check_modules(built):
 
 
 def run(args, parser):
+    if args.plugin or args.plugin_out:
+        if not (args.plugin and args.plugin_out) or args.names or args.src or args.out or args.c_header:
+            parser.error("--plugin FILE.c takes -o PLUGIN and nothing else")
+        Path(args.plugin_out).write_text(render_plugin(build_plugin(args.plugin)))
+        return 0
     if args.disasm:
         if args.names or args.src or args.c_header:
             parser.error("--disasm takes one NAME or FILE and nothing else")
-        path = Path(args.disasm) if args.disasm.endswith(".py") else module_path(args.disasm)
+        path = module_path(args.disasm) if args.disasm in BLOB_NAMES else Path(args.disasm)
         sys.stdout.write(disassemble(load_module(path)))
         return 0
 

@@ -20,6 +20,7 @@ class BlobImage:
     bss_size: int
     exports: dict  # export name (prefix stripped) -> offset
     relocations: tuple  # ((offset, addend), ...) sorted by offset
+    sections: tuple  # ((name, start, end, "code" or "data"), ...) of the stored sections, in address order
 
     @property
     def sha256(self):
@@ -47,6 +48,15 @@ def extract_image(elf):
                 raise CriupyError(f"section {section.name} (bss) is followed by data: bss must come last")
             image_end = max(image_end, section["sh_addr"] + section["sh_size"])
     return bytes(code), image_end - code_end
+
+
+def collect_sections(elf):
+    """Where each stored section lies in CODE, and whether it holds instructions (for --disasm)."""
+    stored = [s for s in allocated_sections(elf) if s["sh_type"] != "SHT_NOBITS"]
+    return tuple(
+        (s.name, s["sh_addr"], s["sh_addr"] + s["sh_size"], "code" if s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR else "data")
+        for s in sorted(stored, key=lambda s: s["sh_addr"])
+    )
 
 
 def collect_exports(elf):

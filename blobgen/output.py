@@ -3,6 +3,11 @@
 The text depends only on the blob's contents: sorted, no timestamps, no paths.
 """
 
+import base64
+import json
+
+from criupy.blobs.loader import PLUGIN_FORMAT, PLUGIN_VERSION
+
 BYTES_PER_LINE = 16
 
 
@@ -27,9 +32,28 @@ def render_module(blob):
         "RELOCATIONS = (",
         *(f"    ({offset:#x}, {addend:#x})," for offset, addend in blob.relocations),
         ")",
+        "SECTIONS = (",
+        *(f'    ("{name}", {start:#x}, {end:#x}, "{kind}"),' for name, start, end, kind in blob.sections),
+        ")",
         f'SHA256 = "{blob.sha256}"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_plugin(blob):
+    """The text of a PIE plugin file (HACKING.md, PIE plugins): JSON, the blob module's fields."""
+    data = {
+        "format": PLUGIN_FORMAT,
+        "version": PLUGIN_VERSION,
+        "name": blob.name,
+        "code": base64.b64encode(blob.code).decode(),
+        "bss_size": blob.bss_size,
+        "hooks": blob.exports,
+        "relocations": [list(r) for r in blob.relocations],
+        "sections": [list(s) for s in blob.sections],
+        "sha256": blob.sha256,
+    }
+    return json.dumps(data, indent=1) + "\n"
 
 
 def render_c_header(blobs):

@@ -37,7 +37,7 @@ def cmd_dump(args):
 def cmd_restore(args):
     from criupy.restore import restore
 
-    result = restore(args.images_dir, detach=args.restore_detached, pidfile=args.pidfile)
+    result = restore(args.images_dir, detach=args.restore_detached, pidfile=args.pidfile, pie_plugin=args.pie_plugin)
     # Detached: the restored PID was the answer and is in the pidfile; else the exit status.
     return 0 if args.restore_detached else result
 
@@ -78,6 +78,8 @@ def _parser():
     restore.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="directory holding the images")
     restore.add_argument("-d", "--restore-detached", action="store_true", help="return once the tree runs")
     restore.add_argument("--pidfile", metavar="FILE", help="write the restored PID to FILE")
+    restore.add_argument("--pie-plugin", metavar="PLUGIN",
+                         help="call the hooks of PLUGIN (built by criupy-blobgen --plugin) in the restorer")
 
     show = command("show", cmd_show, "print images (a directory or one file) as JSON, as crit show does")
     show.add_argument("path", metavar="DIR|FILE")

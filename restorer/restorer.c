@@ -339,6 +339,31 @@ static void queue_pending_signals(struct rst_args *a)
 	}
 }
 
+typedef int (*criupy_hook)(const struct criupy_hook_args *args);
+
+/* A PIE plugin's hook (0: the plugin has none); a non-zero return ends the restore. */
+static void call_hook(struct rst_args *a, __u64 hook, const char *name)
+{
+	struct criupy_hook_args args = {
+		.size = sizeof(args),
+		.pid = sys_getpid(),
+		.tid = sys_gettid(),
+		.images_dir_fd = a->images_dir_fd,
+		.log_fd = a->log_fd,
+		.log_level = a->log_level,
+		.regs = &a->regs,
+	};
+	int ret;
+
+	if (!hook)
+		return;
+	ret = ((criupy_hook)hook)(&args);
+	if (ret) {
+		pr_err("restorer: PIE plugin hook %s failed: it returned %d", name, ret);
+		fail();
+	}
+}
+
 void __attribute__((noreturn)) restorer_main(struct rst_args *a)
 {
 	unsigned long frame;
@@ -360,6 +385,7 @@ void __attribute__((noreturn)) restorer_main(struct rst_args *a)
 	finish_vmas(a);
 	unpark_special_vmas(a);
 	pr_debug("restorer: memory is in place");
+	call_hook(a, a->hook_post_restore_vmas, "criupy_hook_post_restore_vmas");
 
 	restore_fds(a);
 	restore_fs_and_session(a);
@@ -370,6 +396,7 @@ void __attribute__((noreturn)) restorer_main(struct rst_args *a)
 	restore_sigactions(a);
 	restore_rlimits(a);
 	restore_creds(a);
+	call_hook(a, a->hook_pre_sigreturn, "criupy_hook_pre_sigreturn");
 	pr_debug("restorer: returning to the dumped code");
 
 	/* The last of criupy's fds (log, pages, files) go; nothing can be logged after this. */

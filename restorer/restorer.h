@@ -12,6 +12,8 @@
 #include <linux/types.h>
 #include <linux/prctl.h>
 
+#include <pie/plugin.h> /* struct criupy_regs, the PIE plugins' hook argument */
+
 #define RST_NR_SIGNALS 64 /* sigactions[sig - 1] */
 #define RST_NR_RLIMITS 16
 #define RST_AUXV_WORDS 128
@@ -93,13 +95,6 @@ struct rst_creds {
 	__u64 groups;    /* __u32[nr_groups] */
 };
 
-/* user_regs_struct order (as PTRACE_GETREGS and CRIU's user_x86_regs_entry). */
-struct rst_regs {
-	__u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
-	__u64 ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
-	__u64 fs_base, gs_base, ds, es, fs, gs;
-};
-
 struct rst_args {
 	/* The restorer's own mapping: blob, this area, its stack, the vDSO parking. Kept; all else goes. */
 	__u64 region_start, region_size;
@@ -142,7 +137,7 @@ struct rst_args {
 	struct rst_creds creds;
 
 	/* The thread: what rt_sigreturn and the calls before it put back. */
-	struct rst_regs regs;
+	struct criupy_regs regs;
 	__u64 blocked;    /* signal mask after the return */
 	__u64 sas_sp, sas_size;
 	__u32 sas_flags, pad6;
@@ -157,6 +152,12 @@ struct rst_args {
 		__u64 pointer;
 		__u32 size, signature;
 	} own_rseq, rseq;
+
+	/* PIE plugin (criupy restore --pie-plugin), loaded inside our region: hook addresses, 0 for none. */
+	__u64 hook_post_restore_vmas;
+	__u64 hook_pre_sigreturn;
+	__s32 images_dir_fd; /* the images directory (a restorer fd), for the hooks */
+	__u32 pad9;
 };
 
 #endif

@@ -78,7 +78,7 @@ unsigned long build_sigframe(struct rst_args *a)
 	__u64 xfeatures = enabled_xfeatures();
 	unsigned size = xstate_size(xfeatures);
 	struct _fpx_sw_bytes *sw = (void *)(fpstate + XSAVE_LEGACY_SIZE - sizeof(*sw));
-	struct rst_regs *r = &a->regs;
+	struct criupy_regs *r = &a->regs;
 
 	if (fpstate + size + FP_XSTATE_MAGIC2_SIZE > a->sigframe + a->sigframe_size) {
 		pr_err("restorer: no room for an XSAVE area of %u bytes in the signal frame", size);

@@ -184,6 +184,17 @@ def test_disasm_labels_every_export(pic_module):
     assert labels == set(load_module(pic_module).EXPORTS)
 
 
+def test_disasm_shows_data_as_data(pic_module):
+    """Only the code section is decoded: the strings after it are listed as bytes, not as instructions."""
+    module = load_module(pic_module)
+    (text_end,) = [end for name, start, end, kind in module.SECTIONS if name == ".text"]
+    assert [kind for name, *_, kind in module.SECTIONS if name == ".rodata"] == ["data"]
+    listing = blobgen("--disasm", pic_module).stdout
+    instructions = [line for line in listing.splitlines() if re.match(r"\s+[0-9a-f]+:  ", line) and ".byte" not in line]
+    assert instructions and all(int(line.split(":")[0], 16) < text_end for line in instructions)
+    assert "|alpha" in listing or "alpha" in "".join(re.findall(r"\|(.*)\|", listing))
+
+
 def test_c_header_compiles(tmp_path):
     header = tmp_path / "pic-blob.h"
     result = blobgen("--src", TEST_BLOBS / "pic", "--out", tmp_path / "pic.py", "--c-header", header)

@@ -21,6 +21,7 @@ from criupy.restore.region import SIGFRAME_SIZE, Region, data_size
 from criupy.restore.task import Restoring, clone_with_pid
 
 RESTORER_DIR = os.path.join(os.path.dirname(__file__), "..", "restorer")
+PIE_INCLUDE_DIR = os.path.join(os.path.dirname(__file__), "..", "blobgen", "pie", "include")
 SPECIAL_PATHS = ("[vvar]", "[vvar_vclock]", "[vdso]")
 
 
@@ -45,7 +46,7 @@ def test_argument_layout_matches_restorer_h(tmp_path):
             ("PosixTimer", "rst_posix_timer"), ("Signal", "rst_signal"), ("Creds", "rst_creds")))
         + "return 0; }\n"
     )
-    subprocess.run(["gcc", "-I", RESTORER_DIR, "-o", str(tmp_path / "layout"), str(program)], check=True)
+    subprocess.run(["gcc", "-I", RESTORER_DIR, "-I", PIE_INCLUDE_DIR, "-o", str(tmp_path / "layout"), str(program)], check=True)
     c_layout = subprocess.run([str(tmp_path / "layout")], check=True, capture_output=True, text=True).stdout
     py_layout = "".join(f"{n} {getattr(rst.Args, n).offset}\n" for n in fields)
     py_layout += f"size {ctypes.sizeof(rst.Args)}\n"

@@ -300,4 +300,9 @@ EXPORTS = {
 }
 RELOCATIONS = (
 )
+SECTIONS = (
+    (".text", 0x0, 0x11a3, "code"),
+    (".rodata", 0x11b0, 0x120b, "data"),
+    (".data", 0x1210, 0x1218, "data"),
+)
 SHA256 = "ad951364476df570b86fe7f3ba753a6721957d8c4f411a28d11c423c47d55dd7"

@@ -1,7 +1,9 @@
 """The restore pipeline: images -> a task with its dumped PID, running the dumped code again.
 
-    criupy.restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False)
+    criupy.restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False, pie_plugin=None)
         -> exit status, or the PID when detached
+
+pie_plugin: a file built by `criupy-blobgen --plugin`, whose hooks the restorer calls (HACKING.md).
 
 Steps, each in its module:
   images   read and check every image (nothing is created before they pass)
@@ -27,14 +29,15 @@ def _highest_open_fd():
     return max(int(fd) for fd in os.listdir("/proc/self/fd"))
 
 
-def restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False):
+def restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False, pie_plugin=None):
     """Restore the process dumped in images_dir. Returns its PID if detach, else its exit status."""
     with log_to(log_file, verbose):
-        return _restore(images_dir, detach, pidfile)
+        return _restore(images_dir, detach, pidfile, pie_plugin)
 
 
-def _restore(images_dir, detach, pidfile):
+def _restore(images_dir, detach, pidfile, pie_plugin):
     # Imported here: the pipeline's modules load the image schemas, which `import criupy` does not need.
+    from criupy.blobs.loader import load_plugin
     from criupy.restore import prepare
     from criupy.restore.args import Args
     from criupy.restore.files import open_files
@@ -42,6 +45,7 @@ def _restore(images_dir, detach, pidfile):
     from criupy.restore.memory import plan_memory
     from criupy.restore.task import Restoring, clone_with_pid
 
+    plugin = load_plugin(pie_plugin) if pie_plugin else None
     task = read_task(images_dir)
     plan = plan_memory(task)
     opened = open_files(task)
@@ -52,15 +56,16 @@ def _restore(images_dir, detach, pidfile):
         opened.hold(go_read)
         pages_fd, pages_size = open_pages(images_dir, task.pages_id)
         opened.hold(pages_fd)
+        opened.hold(os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))  # for plugin hooks
         if pages_size != plan.pages_size:
             raise CriupyError(f"image pages-{task.pages_id}.img is truncated or corrupt: {pages_size} bytes, "
                               f"pagemap-{task.pid}.img describes {plan.pages_size}")
         # The restorer's own fds sit above every fd of the dumped task and of criupy.
         first_own_fd = max([target for _, target, _ in opened.fds] + [_highest_open_fd()]) + 1
         opened.move_above(first_own_fd)
-        log_fd, go_fd, pages_fd = opened.held[-3:]
+        log_fd, go_fd, pages_fd, images_fd = opened.held[-4:]
         region = prepare.build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd,
-                               verbose=log.isEnabledFor(logging.DEBUG))
+                               verbose=log.isEnabledFor(logging.DEBUG), plugin=plugin, images_fd=images_fd)
         region_start, region_size = region.start, region.size
         trap, syscall = region.export("restorer_trap"), region.export("restorer_syscall")
         own_rseq = region.args_address + Args.own_rseq.offset
@@ -78,6 +83,8 @@ def _restore(images_dir, detach, pidfile):
     restoring = Restoring(pid, log_read, go_write, trap, syscall, own_rseq)
     try:
         restoring.run_to_dumped_code()
+        for line in restoring.restorer_log().splitlines():  # the restorer's and the plugin's lines
+            log.info("%s", line)
         restoring.unmap_restorer_and_detach(region_start, region_size)
     except BaseException:
         restoring.kill()

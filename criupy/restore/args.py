@@ -120,6 +120,8 @@ class Args(Struct):
         ("xsave", u64), ("xsave_size", u32), ("pad7", u32),
         ("sigframe", u64), ("sigframe_size", u32), ("pad8", u32),
         ("own_rseq", Rseq), ("rseq", Rseq),
+        ("hook_post_restore_vmas", u64), ("hook_pre_sigreturn", u64),
+        ("images_dir_fd", s32), ("pad9", u32),
     ]
 
 

@@ -33,8 +33,9 @@ def _sigactions(core, pid):
     return dict(zip(numbers, entries))
 
 
-def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=False):
-    """Map the restorer region and write every argument into it; returns the Region."""
+def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=False, plugin=None, images_fd=-1):
+    """Map the restorer region (with the PIE plugin Blob, if any) and write every argument into it;
+    returns the Region. images_fd is the images directory, for the plugin's hooks."""
     core = task.core
     thread = core.thread_core
     info = core.thread_info
@@ -58,10 +59,12 @@ def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=Fal
                   len(signals), len(groups), len(xsave)),
         specials_size,
         [(m.start, m.end) for m in plan.mappings] + [(s.dumped, s.dumped + s.size) for s in plan.specials],
+        plugin,
     )
     try:
         _fill(region, task, plan, opened, xsave, signals, timers, groups, pages_fd, log_fd, go_fd,
               first_own_fd, verbose)
+        _fill_plugin(region, images_fd)
     except BaseException:
         region.unmap()
         raise
@@ -171,3 +174,10 @@ def _fill(region, task, plan, opened, xsave, signals, timers, groups, pages_fd, 
     a.sigframe = region.allocate(SIGFRAME_SIZE, PAGE_SIZE)
     a.sigframe_size = SIGFRAME_SIZE
     region.args_address = ctypes.addressof(a)
+
+
+def _fill_plugin(region, images_fd):
+    a = rst.Args.from_address(region.args_address)
+    a.hook_post_restore_vmas = region.hook("criupy_hook_post_restore_vmas")
+    a.hook_pre_sigreturn = region.hook("criupy_hook_pre_sigreturn")
+    a.images_dir_fd = images_fd

@@ -1,4 +1,4 @@
-"""The restorer's mapping: blob, argument area, stack and vDSO parking, built in criupy's memory.
+"""The restorer's mapping: blob, PIE plugin, argument area, stack and vDSO parking, built in criupy's memory.
 
 criupy maps it at an address free both here and in the dumped address space and fills it in; the
 task created by clone3 gets a copy of it at the same address, and criupy drops its own copy.
@@ -29,8 +29,10 @@ BLOB = Blob(restorer_module)
 class Region:
     """The restorer mapping in criupy; allocate() hands out its argument space in order."""
 
-    def __init__(self, data_size, parking_size, dumped_ranges):
-        self.blob_size = BLOB.size
+    def __init__(self, data_size, parking_size, dumped_ranges, plugin=None):
+        # A PIE plugin (a Blob) goes right after the restorer, relocated for where it lands.
+        self.plugin = plugin
+        self.blob_size = BLOB.size + (plugin.size if plugin else 0)
         self.data_size = page_round(data_size)
         self.size = self.blob_size + self.data_size + STACK_SIZE + parking_size
         self.start = find_free_area(self.size, dumped_ranges)
@@ -40,6 +42,9 @@ class Region:
             err = ctypes.get_errno()
             raise CriupyError(f"cannot map the restorer at {self.start:#x}: {os.strerror(err)}")
         ctypes.memmove(self.start, BLOB.image(self.start), len(BLOB.code))
+        self.plugin_base = self.start + BLOB.size
+        if plugin:
+            ctypes.memmove(self.plugin_base, plugin.image(self.plugin_base), len(plugin.code))
         self._next = self.start + self.blob_size
         self.stack_top = self.start + self.blob_size + self.data_size + STACK_SIZE
         self.parking = self.stack_top
@@ -71,6 +76,12 @@ class Region:
 
     def export(self, name):
         return BLOB.address(name, self.start)
+
+    def hook(self, name):
+        """Where the plugin's hook name is, 0 when there is no plugin or it has no such hook."""
+        if self.plugin is None or name not in self.plugin.exports:
+            return 0
+        return self.plugin.address(name, self.plugin_base)
 
     def unmap(self):
         """Drop criupy's copy (the task has its own)."""
