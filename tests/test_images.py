@@ -15,7 +15,7 @@ from criupy.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, ev
                               fifo_pb2, fown_pb2, fs_pb2, inventory_pb2, ipc_desc_pb2, ipc_shm_pb2, ipc_var_pb2,
                               memfd_pb2, mm_pb2, ns_pb2, pagemap_pb2, pidns_pb2, pipe_data_pb2, pipe_pb2,
                               pstree_pb2, regfile_pb2, rlimit_pb2, rseq_pb2, sa_pb2, signalfd_pb2, sk_opts_pb2,
-                              sk_unix_pb2, stats_pb2, timer_pb2, timerfd_pb2, tty_pb2, utsns_pb2, vma_pb2)
+                              sk_packet_pb2, sk_unix_pb2, stats_pb2, timer_pb2, timerfd_pb2, tty_pb2, utsns_pb2, vma_pb2)
 from criupy.images.show import show
 
 CRIT = "/usr/bin/crit"
@@ -126,6 +126,8 @@ SAMPLES = {
         opts=sk_opts_pb2.sk_opts_entry(so_sndbuf=212992, so_rcvbuf=212992, so_snd_tmo_sec=0, so_snd_tmo_usec=0,
                                        so_rcv_tmo_sec=0, so_rcv_tmo_usec=0),
         name=b"/tmp/victim.sock")], None),
+    "sk-queues": lambda: ([sk_packet_pb2.sk_packet_entry(id_for=14, length=5),
+                           sk_packet_pb2.sk_packet_entry(id_for=15, length=0)], [b"queue", b""]),
     "eventfd": lambda: ([eventfd_pb2.eventfd_file_entry(id=11, flags=0o4002, fown=fown(), counter=42)], None),
     "eventpoll": lambda: ([eventpoll_pb2.eventpoll_file_entry(id=15, flags=0o2, fown=fown())], None),
     "eventpoll-tfd": lambda: ([eventpoll_pb2.eventpoll_tfd_entry(id=15, tfd=3, events=1, data=0xdeadbeef)], None),
@@ -192,6 +194,8 @@ EXPECTED = {
     "fifo-data": [(("magic",), "FIFO_DATA"), (("entries", 0, "extra"), "YWJj\n")],
     "unixsk": [(("magic",), "UNIXSK"), (("entries", 0, "state"), "LISTEN"), (("entries", 0, "backlog"), 5),
                (("entries", 0, "opts", "so_sndbuf"), 212992)],
+    "sk-queues": [(("magic",), "SK_QUEUES"), (("entries", 0, "extra"), "cXVldWU=\n"),
+                  (("entries", 1, "id_for"), 15)],
     "eventfd": [(("magic",), "EVENTFD_FILE"), (("entries", 0, "counter"), 42)],
     "eventpoll": [(("magic",), "EVENTPOLL_FILE"), (("entries", 0, "id"), 15)],
     "eventpoll-tfd": [(("magic",), "EVENTPOLL_TFD"), (("entries", 0, "data"), 0xdeadbeef)],

@@ -158,6 +158,9 @@ def _dump_seized(pid, victim, images, stats):
     if dumped_fds.pipe_data:
         images.write("pipes-data", [entry for entry, _ in dumped_fds.pipe_data],
                      payloads=[data for _, data in dumped_fds.pipe_data])
+    if dumped_fds.sk_queues:
+        images.write("sk-queues", [entry for entry, _ in dumped_fds.sk_queues],
+                     payloads=[data for _, data in dumped_fds.sk_queues])
 
 
 

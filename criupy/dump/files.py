@@ -3,8 +3,9 @@
 Open file descriptors come from /proc/PID/fd and /proc/PID/fdinfo. Regular files, directories and
 character devices (other than terminals) are dumped by path, with their flags and position; pipes by
 inode, with the bytes still in them, read without taking them: the parasite sends criupy a copy of the
-pipe's read end and tee() duplicates the buffered data into a pipe of criupy's (as CRIU does). Every
-other kind of file stops the dump, naming the fd.
+pipe's read end and tee() duplicates the buffered data into a pipe of criupy's (as CRIU does). Other
+kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues). Every other
+kind of file stops the dump, naming the fd.
 
 Files the task uses without an fd (mapped files, the executable, cwd, root) are entries of the same
 files.img, shared per file, with what identifies the file (size, mode) so restore can check it.
@@ -19,6 +20,7 @@ import stat
 from dataclasses import dataclass
 
 from criupy import proc
+from criupy.dump.fds import unix
 from criupy.errors import CriupyError
 from criupy.images.pb import fdinfo_pb2, fown_pb2, pipe_data_pb2, pipe_pb2, regfile_pb2
 
@@ -92,6 +94,10 @@ class FilesImage:
     def add_pipe(self, entry):
         self.entries.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.PIPE, id=entry.id, pipe=entry))
 
+    def add(self, fd_type, field, entry):
+        """An entry of another kind: field is its file_entry field ("usk", "efd"...)."""
+        self.entries.append(fdinfo_pb2.file_entry(type=fd_type, id=entry.id, **{field: entry}))
+
     def path_file(self, what, link, st, open_flags, mnt_id=-1):
         """The id of a file used without an fd (a mapping, exe, cwd, root): one entry per file."""
         key = (st.st_dev, st.st_ino)
@@ -138,14 +144,19 @@ class OpenFd:
     link: str          # readlink of /proc/PID/fd/FD
     info: object       # proc.FdInfo
     st: os.stat_result
-    kind: str          # "reg" or "pipe"
+    kind: str          # a key of FD_TYPES
+    sock: unix.UnixSocket = None  # for kind "unix"
+
+
+# kind -> fdinfo type
+FD_TYPES = {"reg": fdinfo_pb2.REG, "pipe": fdinfo_pb2.PIPE, "unix": fdinfo_pb2.UNIXSK}
 
 
 def _kind(fd, link, st):
-    """'reg' or 'pipe', or raise naming what the fd is."""
+    """A key of FD_TYPES, or raise naming what the fd is."""
     mode = st.st_mode
     if stat.S_ISSOCK(mode):
-        raise _unsupported(fd, "a socket", link)
+        return "socket"  # told apart by inspect_fds
     if stat.S_ISFIFO(mode):
         if link.startswith("pipe:"):
             return "pipe"
@@ -170,6 +181,7 @@ def _kind(fd, link, st):
 def inspect_fds(pid):
     """The task's open fds, each checked to be of a kind criupy dumps (else CriupyError naming it)."""
     result = []
+    sockets = None  # every unix socket, listed once the task has any socket
     for fd in proc.fds(pid):
         try:
             link = proc.fd_link(pid, fd)
@@ -182,7 +194,17 @@ def inspect_fds(pid):
         kind = _kind(fd, link, st)
         if kind == "reg" and link.endswith(" (deleted)"):
             raise CriupyError(f"fd {fd}: file {link[:-len(' (deleted)')]} was deleted: not supported yet")
-        result.append(OpenFd(fd, link, info, st, kind))
+        open_fd = OpenFd(fd, link, info, st, kind)
+        if kind == "socket":
+            sockets = unix.unix_sockets() if sockets is None else sockets
+            open_fd.kind, open_fd.sock = "unix", sockets.get(st.st_ino)
+            if open_fd.sock is None:
+                raise _unsupported(fd, "a socket", link)  # not a unix socket
+        result.append(open_fd)
+    task_sockets = {open_fd.sock.ino for open_fd in result if open_fd.kind == "unix"}
+    for open_fd in result:
+        if open_fd.kind == "unix":
+            unix.check(open_fd.fd, open_fd.sock, task_sockets)
     return result
 
 
@@ -200,14 +222,29 @@ def _same_description(pid, fd1, fd2):
 class DumpedFds:
     fdinfo: list       # fdinfo_entry, by fd
     pipe_data: list    # (pipe_data_entry, bytes)
+    sk_queues: list    # (sk_packet_entry, bytes)
 
 
 def dump_fds(pid, open_fds, files, steal_fds):
-    """Add every open file description to files; fdinfo entries and pipe contents.
+    """Add every open file description to files; fdinfo entries, pipe contents and socket queues.
 
-    steal_fds(fds) -> criupy's copies of the task's fds (the parasite's steal_fds); used for pipes only.
+    steal_fds(fds) -> criupy's copies of the task's fds (the parasite's steal_fds), for pipes and sockets.
     """
+    sockets = {}  # socket inode -> the first OpenFd of it: the fd its copy is stolen from
+    for open_fd in open_fds:
+        if open_fd.kind == "unix":
+            sockets.setdefault(open_fd.sock.ino, open_fd)
+    stolen = steal_fds([open_fd.fd for open_fd in sockets.values()]) if sockets else []
+    try:
+        return _dump_fds(pid, open_fds, files, steal_fds, dict(zip(sockets, stolen)))
+    finally:
+        for fd in stolen:
+            os.close(fd)
+
+
+def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets):
     fdinfo = []
+    sk_queues = []
     seen = []  # (OpenFd, file id) of each open file description already in files
     pipe_readers = {}  # pipe inode -> OpenFd of the first read end: where its data is read from
     for open_fd in open_fds:
@@ -223,14 +260,18 @@ def dump_fds(pid, open_fds, files, steal_fds):
                                                    fown=_no_owner()))
                 if flags & os.O_ACCMODE == os.O_RDONLY:
                     pipe_readers.setdefault(open_fd.st.st_ino, open_fd)
+            elif open_fd.kind == "unix":
+                copy = stolen_sockets[open_fd.sock.ino]
+                files.add(fdinfo_pb2.UNIXSK, "usk",
+                          unix.socket_entry(file_id, flags, open_fd.sock, copy, _no_owner()))
+                sk_queues += unix.queued_messages(open_fd.fd, file_id, copy)
             else:
                 path = _checked_path(f"fd {open_fd.fd}", open_fd.link, open_fd.st)
                 files.add_reg(_reg_entry(file_id, flags, open_fd.info.pos, path, open_fd.st, open_fd.info.mnt_id))
-        fd_type = fdinfo_pb2.PIPE if open_fd.kind == "pipe" else fdinfo_pb2.REG
         fdinfo.append(fdinfo_pb2.fdinfo_entry(id=file_id, flags=FD_CLOEXEC if open_fd.info.flags & O_CLOEXEC else 0,
-                                              type=fd_type, fd=open_fd.fd))
+                                              type=FD_TYPES[open_fd.kind], fd=open_fd.fd))
     pipe_data = _pipe_contents(list(pipe_readers.items()), steal_fds) if pipe_readers else []
-    return DumpedFds(fdinfo, pipe_data)
+    return DumpedFds(fdinfo, pipe_data, sk_queues)
 
 
 def _pipe_contents(readers, steal_fds):

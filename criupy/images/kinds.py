@@ -11,8 +11,8 @@ from criupy.images import magic
 from criupy.images.pb import (core_pb2, creds_pb2, eventfd_pb2, eventpoll_pb2, fdinfo_pb2, fifo_pb2, fs_pb2,
                               inventory_pb2, ipc_shm_pb2, ipc_var_pb2, memfd_pb2, mm_pb2, ns_pb2, pagemap_pb2,
                               pidns_pb2, pipe_data_pb2, pipe_pb2, pstree_pb2, regfile_pb2, rlimit_pb2, sa_pb2,
-                              signalfd_pb2, sk_unix_pb2, stats_pb2, timer_pb2, timerfd_pb2, tty_pb2, utsns_pb2,
-                              vma_pb2)
+                              signalfd_pb2, sk_packet_pb2, sk_unix_pb2, stats_pb2, timer_pb2, timerfd_pb2,
+                              tty_pb2, utsns_pb2, vma_pb2)
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ _KINDS = (
     (r"fifo", ImageKind(magic.FIFO, fifo_pb2.fifo_entry)),
     (r"fifo-data", ImageKind(magic.FIFO_DATA, pipe_data_pb2.pipe_data_entry, payload_field="bytes")),
     (r"unixsk", ImageKind(magic.UNIXSK, sk_unix_pb2.unix_sk_entry)),
+    (r"sk-queues", ImageKind(magic.SK_QUEUES, sk_packet_pb2.sk_packet_entry, payload_field="length")),
     (r"eventfd", ImageKind(magic.EVENTFD_FILE, eventfd_pb2.eventfd_file_entry)),
     (r"eventpoll", ImageKind(magic.EVENTPOLL_FILE, eventpoll_pb2.eventpoll_file_entry)),
     (r"eventpoll-tfd", ImageKind(magic.EVENTPOLL_TFD, eventpoll_pb2.eventpoll_tfd_entry)),

@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass, field
 
 from criupy.errors import CriupyError
+from criupy.restore.fds import unix
 from criupy.images.pb import fdinfo_pb2
 from criupy.restore.memory import VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
@@ -137,8 +138,23 @@ def open_files(task):
     return opened
 
 
+def _open_socket_pairs(task, opened):
+    """Every unix socket pair, queues refilled: file id -> fd."""
+    by_ino = {entry.usk.ino: entry.usk for entry in task.files.values() if entry.type == fdinfo_pb2.UNIXSK}
+    fds = {}
+    for sock in by_ino.values():
+        if sock.id in fds:
+            continue
+        peer = by_ino.get(sock.peer)
+        if peer is None or peer.peer != sock.ino:
+            raise CriupyError(f"image files.img is corrupt: unix socket {sock.ino} has no peer {sock.peer} in it")
+        fds[sock.id], fds[peer.id] = unix.open_pair(sock, peer, task.sk_queues, opened.hold)
+    return fds
+
+
 def _open_all(task, opened):
     pipes = _open_pipes(task, opened)
+    sockets = _open_socket_pairs(task, opened)
     by_file_id = {}
     for fdinfo in sorted(task.fdinfo, key=lambda e: e.fd):
         source = by_file_id.get(fdinfo.id)
@@ -154,6 +170,8 @@ def _open_all(task, opened):
                 # each end's own description, so the dumped O_NONBLOCK applies to it alone
                 source = opened.hold(os.dup(write_end if writes else read_end))
                 fcntl.fcntl(source, fcntl.F_SETFL, entry.pipe.flags & STATUS_FLAGS)
+            elif entry.type == fdinfo_pb2.UNIXSK:
+                source = sockets[fdinfo.id]
             else:
                 kind = fdinfo_pb2.fd_types.Name(entry.type)
                 raise CriupyError(f"fd {fdinfo.fd} is a {kind} file, which criupy cannot restore yet")

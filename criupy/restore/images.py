@@ -30,6 +30,7 @@ class DumpedTask:
     files: dict           # file id -> file_entry (files.img)
     fs: object            # fs_entry
     pipe_data: dict = field(default_factory=dict)  # pipe_id -> (pipe_data_entry, bytes)
+    sk_queues: dict = field(default_factory=dict)  # socket file id -> [bytes of each queued message]
 
 
 def _read(images, name, required=True):
@@ -111,6 +112,12 @@ def read_task(images_dir):
                               f"{entry.bytes} bytes")
         pipe_data[entry.pipe_id] = (entry, data)
 
+    sk_queues = {}
+    for entry, data in _read_with_payloads(images, "sk-queues"):
+        if len(data) != entry.length:
+            raise CriupyError(f"image sk-queues.img is truncated: a message of {len(data)} of {entry.length} bytes")
+        sk_queues.setdefault(entry.id_for, []).append(data)
+
     return DumpedTask(
         pid=pid,
         ppid=root.ppid,
@@ -124,6 +131,7 @@ def read_task(images_dir):
         files=files,
         fs=_one(images, f"fs-{pid}"),
         pipe_data=pipe_data,
+        sk_queues=sk_queues,
     )
 
 

@@ -1,0 +1,169 @@
+"""Unix socket pairs: a unix_sk_entry per socket in files.img, the queued messages in sk-queues.img.
+
+What the kernel knows of a unix socket (its type, state, name, peer, shutdown) comes from sock_diag
+(NETLINK_SOCK_DIAG), as `ss -x` reads it. criupy dumps unnamed connected sockets whose peer is open in
+the same process (socketpair); any other unix socket stops the dump, naming the fd.
+
+The queued messages are read from a copy of the socket (stolen by the parasite) with MSG_PEEK and
+SO_PEEK_OFF, so each recvmsg returns the next message and none is taken from the queue; the socket's
+own peek offset is put back afterwards. Each message is one sk_packet_entry, id_for being the
+receiving socket's file id (as CRIU's sk-queue.c). Messages carrying fds (SCM_RIGHTS) are refused.
+"""
+
+import array
+import logging
+import socket
+import struct
+from dataclasses import dataclass
+
+from criupy.errors import CriupyError
+from criupy.images.pb import sk_opts_pb2, sk_packet_pb2, sk_unix_pb2
+
+log = logging.getLogger("criupy.dump")
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+UDIAG_SHOW_NAME, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN, UDIAG_SHOW_SHUTDOWN = 0x1, 0x4, 0x10, 0x80
+UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 2, 4, 6
+NLMSGHDR = struct.Struct("=IHHII")
+UNIX_DIAG_REQ = struct.Struct("=BBHIIIII")
+UNIX_DIAG_MSG = struct.Struct("=BBBBIII")
+RTATTR = struct.Struct("=HH")
+TCP_ESTABLISHED = 1
+
+SO_PEEK_OFF = 42
+SCM_MAX_FD = 253
+TIMEVAL = struct.Struct("=qq")
+SOCKET_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram"}
+
+
+@dataclass
+class UnixSocket:
+    """One unix socket as sock_diag reports it."""
+
+    ino: int
+    type: int
+    state: int
+    name: bytes      # b"" when unnamed
+    peer: int        # inode of the peer socket, 0 if none
+    shutdown: int    # RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2 (sk_shutdown's values)
+
+
+def _attributes(data):
+    while len(data) >= RTATTR.size:
+        length, kind = RTATTR.unpack_from(data)
+        if length < RTATTR.size:
+            break
+        yield kind, data[RTATTR.size:length]
+        data = data[(length + 3) & ~3:]
+
+
+def unix_sockets():
+    """Every unix socket of criupy's network namespace: {inode: UnixSocket}."""
+    show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_SHUTDOWN
+    request = UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, show, 0xFFFFFFFF, 0xFFFFFFFF)
+    header = NLMSGHDR.pack(NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    found = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as nl:
+        nl.sendto(header + request, (0, 0))
+        while True:
+            data = nl.recv(1 << 16)
+            while len(data) >= NLMSGHDR.size:
+                length, kind, _, _, _ = NLMSGHDR.unpack_from(data)
+                body, data = data[NLMSGHDR.size:length], data[(length + 3) & ~3:]
+                if kind == NLMSG_DONE:
+                    return found
+                if kind == NLMSG_ERROR:
+                    error = -struct.unpack_from("=i", body)[0]
+                    raise CriupyError(f"cannot list unix sockets (sock_diag): error {error}")
+                _, sock_type, state, _, ino, _, _ = UNIX_DIAG_MSG.unpack_from(body)
+                sock = UnixSocket(ino=ino, type=sock_type, state=state, name=b"", peer=0, shutdown=0)
+                for attr, value in _attributes(body[UNIX_DIAG_MSG.size:]):
+                    if attr == UNIX_DIAG_NAME:
+                        sock.name = bytes(value)
+                    elif attr == UNIX_DIAG_PEER:
+                        sock.peer = struct.unpack_from("=I", value)[0]
+                    elif attr == UNIX_DIAG_SHUTDOWN:
+                        sock.shutdown = value[0]
+                found[ino] = sock
+
+
+def check(fd, sock, task_sockets):
+    """Raise naming fd unless sock is one end of a pair the task holds both ends of."""
+    if sock.name:
+        # an abstract name starts with a NUL (shown as @, as ss does); a path ends with one
+        name = "@" + sock.name[1:].decode(errors="replace") if sock.name[0] == 0 else \
+            sock.name.rstrip(b"\0").decode(errors="replace")
+        raise CriupyError(f"fd {fd} is a unix socket bound to {name}: not supported yet")
+    if sock.type not in SOCKET_TYPES:
+        raise CriupyError(f"fd {fd} is a unix socket of type {sock.type} (seqpacket?): not supported yet")
+    if sock.state != TCP_ESTABLISHED:
+        raise CriupyError(f"fd {fd} is a unix socket that is not connected: not supported yet")
+    if sock.peer == 0:
+        raise CriupyError(f"fd {fd} is a unix socket whose peer is closed (or not accepted yet): not supported yet")
+    if sock.peer not in task_sockets:
+        raise CriupyError(f"fd {fd} is a unix socket connected to a socket outside the process: not supported yet")
+
+
+def _opts(sock):
+    snd_sec, snd_usec = TIMEVAL.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, TIMEVAL.size))
+    rcv_sec, rcv_usec = TIMEVAL.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL.size))
+    return sk_opts_pb2.sk_opts_entry(
+        so_sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        so_rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        so_snd_tmo_sec=snd_sec, so_snd_tmo_usec=snd_usec, so_rcv_tmo_sec=rcv_sec, so_rcv_tmo_usec=rcv_usec,
+        so_passcred=bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)),
+        so_rcvlowat=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
+
+
+def socket_entry(file_id, file_flags, sock, stolen_fd, fown):
+    """The unix_sk_entry of sock (UnixSocket), its options read through stolen_fd (criupy's copy)."""
+    with socket.socket(fileno=stolen_fd) as copy:
+        try:
+            opts = _opts(copy)
+        finally:
+            copy.detach()
+    return sk_unix_pb2.unix_sk_entry(
+        id=file_id, ino=sock.ino, type=sock.type, state=sock.state, flags=file_flags, uflags=0, backlog=0,
+        peer=sock.peer, fown=fown, opts=opts, name=b"", shutdown=sock.shutdown)
+
+
+def queued_messages(fd, file_id, stolen_fd):
+    """[(sk_packet_entry, bytes)] of what waits in the socket's receive queue, in order, left in place."""
+    with socket.socket(fileno=stolen_fd) as copy:
+        try:
+            return _peek_all(fd, file_id, copy)
+        finally:
+            copy.detach()
+
+
+def _peek_all(fd, file_id, sock):
+    original_offset = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    size = max(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+               sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    messages = []
+    sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)  # each peek now starts where the last one ended
+    try:
+        while True:
+            try:
+                data, ancillary, flags, _ = sock.recvmsg(size, socket.CMSG_SPACE(SCM_MAX_FD * 4),
+                                                         socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    for passed in array.array("i", payload[: len(payload) - len(payload) % 4]):
+                        socket.close(passed)
+                    raise CriupyError(f"fd {fd} is a unix socket with file descriptors queued in it: "
+                                      "not supported yet")
+            if flags & socket.MSG_TRUNC:
+                raise CriupyError(f"fd {fd}: a message queued on the unix socket is larger than its buffers")
+            if not data:
+                break  # end of stream (the peer shut down writing); an empty datagram is dropped, as by CRIU
+            messages.append((sk_packet_pb2.sk_packet_entry(id_for=file_id, length=len(data)), data))
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, original_offset)
+    log.debug("fd %d: %d messages, %d bytes queued", fd, len(messages), sum(len(d) for _, d in messages))
+    return messages
