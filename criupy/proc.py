@@ -65,6 +65,11 @@ def task_ids(pid):
         raise CriupyError(f"no process with PID {pid}") from None
 
 
+def thread_comm(pid, tid):
+    """/proc/PID/task/TID/comm: the thread's own name, without the newline."""
+    return _read_text(pid, f"task/{tid}/comm").rstrip("\n")
+
+
 @dataclass(frozen=True)
 class Stat:
     """The fields of /proc/PID/stat the dump uses (man 5 proc numbers them from 1)."""

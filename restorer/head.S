@@ -41,3 +41,21 @@ restorer_sigreturn:
 __export_restorer_syscall:
 	syscall
 	ud2
+
+/*
+ * restorer_clone_thread(clone_args, size, thread): clone3 for a thread of ours. The new thread comes
+ * back here on its own stack with rax 0 and thread still in rdx (a system call keeps it), and goes to
+ * restorer_thread_main(thread); the caller gets the TID (or -errno).
+ */
+	.globl restorer_clone_thread
+restorer_clone_thread:
+	movl	$435, %eax /* __NR_clone3 */
+	syscall
+	testq	%rax, %rax
+	jnz	1f
+	movq	%rdx, %rdi
+	xorl	%ebp, %ebp
+	andq	$-16, %rsp
+	call	restorer_thread_main
+	ud2
+1:	ret

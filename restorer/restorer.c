@@ -13,6 +13,8 @@
 #include <linux/signal.h>
 #include <linux/capability.h>
 #include <linux/close_range.h>
+#include <linux/futex.h>
+#include <linux/sched.h>
 #include <linux/mman.h>
 #include <linux/prctl.h>
 #include <linux/securebits.h>
@@ -34,6 +36,10 @@
 
 void restorer_trap(void);
 void __attribute__((noreturn)) restorer_sigreturn(unsigned long frame);
+long restorer_clone_thread(struct clone_args *args, unsigned long size, struct rst_thread *thread);
+
+/* The argument area, for the threads the leader creates (they start with their rst_thread only). */
+static struct rst_args *args_of_threads;
 
 static void __attribute__((noreturn)) fail(void)
 {
@@ -105,12 +111,6 @@ static void unregister_criupy_rseq(struct rst_args *a)
 		     "unregistering criupy's rseq area");
 }
 
-static void register_dumped_rseq(struct rst_args *a)
-{
-	if (a->rseq.pointer)
-		must(sys_call4(__NR_rseq, a->rseq.pointer, a->rseq.size, 0, a->rseq.signature),
-		     "registering the rseq area at %lx", (unsigned long)a->rseq.pointer);
-}
 
 /* Everything below and above our own mapping goes: criupy's Python, its heap, its stack. */
 static void unmap_everything_else(struct rst_args *a)
@@ -317,23 +317,41 @@ static void restore_creds(struct rst_args *a)
 		must(sys_call5(__NR_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS");
 }
 
-static void restore_thread(struct rst_args *a)
+/* What each thread sets for itself: TLS, clear_child_tid, robust list, rseq, name, scheduling. */
+static void restore_thread(struct rst_thread *t)
 {
-	must(sys_call2(__NR_arch_prctl, ARCH_SET_FS, a->regs.fs_base), "ARCH_SET_FS");
-	must(sys_call2(__NR_arch_prctl, ARCH_SET_GS, a->regs.gs_base), "ARCH_SET_GS");
-	sys_call1(__NR_set_tid_address, a->clear_child_tid);
+	long tid = sys_gettid();
+
+	must(sys_call2(__NR_arch_prctl, ARCH_SET_FS, t->regs.fs_base), "ARCH_SET_FS in thread %ld", tid);
+	must(sys_call2(__NR_arch_prctl, ARCH_SET_GS, t->regs.gs_base), "ARCH_SET_GS in thread %ld", tid);
+	sys_call1(__NR_set_tid_address, t->clear_child_tid);
+	if (t->robust_list)
+		must(sys_call2(__NR_set_robust_list, t->robust_list, t->robust_list_len),
+		     "set_robust_list in thread %ld", tid);
+	if (t->rseq.pointer)
+		must(sys_call4(__NR_rseq, t->rseq.pointer, t->rseq.size, 0, t->rseq.signature),
+		     "registering the rseq area at %lx in thread %ld", (unsigned long)t->rseq.pointer, tid);
+	must(sys_call2(__NR_prctl, PR_SET_NAME, (long)t->comm), "naming thread %ld", tid);
+	if (t->sched_policy != SCHED_NORMAL) {
+		struct { __s32 priority; } param = { t->sched_prio };
+
+		must(sys_call3(__NR_sched_setscheduler, 0, t->sched_policy, (long)&param),
+		     "sched_setscheduler(%u, %u) in thread %ld", t->sched_policy, t->sched_prio, tid);
+	}
+	must(sys_call3(__NR_setpriority, 0 /* PRIO_PROCESS */, 0, t->sched_nice), "nice %d in thread %ld",
+	     t->sched_nice, tid);
 }
 
-static void queue_pending_signals(struct rst_args *a)
+static void queue_pending_signals(struct rst_signal *s, unsigned nr_signals)
 {
-	struct rst_signal *s = (void *)a->signals;
 	long pid = sys_getpid();
+	long tid = sys_gettid();
 
-	for (unsigned i = 0; i < a->nr_signals; i++) {
+	for (unsigned i = 0; i < nr_signals; i++) {
 		int sig = *(__s32 *)s[i].siginfo; /* si_signo comes first */
 
 		if (s[i].thread)
-			sys_call4(__NR_rt_tgsigqueueinfo, pid, pid, sig, (long)s[i].siginfo);
+			sys_call4(__NR_rt_tgsigqueueinfo, pid, tid, sig, (long)s[i].siginfo);
 		else
 			sys_call3(__NR_rt_sigqueueinfo, pid, sig, (long)s[i].siginfo);
 	}
@@ -341,8 +359,8 @@ static void queue_pending_signals(struct rst_args *a)
 
 typedef int (*criupy_hook)(const struct criupy_hook_args *args);
 
-/* A PIE plugin's hook (0: the plugin has none); a non-zero return ends the restore. */
-static void call_hook(struct rst_args *a, __u64 hook, const char *name)
+/* A PIE plugin's hook (0: the plugin has none) for the calling thread; a non-zero return ends the restore. */
+static void call_hook(struct rst_args *a, __u64 hook, const char *name, const struct criupy_regs *regs)
 {
 	struct criupy_hook_args args = {
 		.size = sizeof(args),
@@ -351,7 +369,7 @@ static void call_hook(struct rst_args *a, __u64 hook, const char *name)
 		.images_dir_fd = a->images_dir_fd,
 		.log_fd = a->log_fd,
 		.log_level = a->log_level,
-		.regs = &a->regs,
+		.regs = regs,
 	};
 	int ret;
 
@@ -362,6 +380,78 @@ static void call_hook(struct rst_args *a, __u64 hook, const char *name)
 		pr_err("restorer: PIE plugin hook %s failed: it returned %d", name, ret);
 		fail();
 	}
+}
+
+static void futex_wait(__u32 *word, __u32 value)
+{
+	sys_call6(__NR_futex, (long)word, FUTEX_WAIT_PRIVATE, value, 0, 0, 0);
+}
+
+static void futex_wake(__u32 *word)
+{
+	sys_call6(__NR_futex, (long)word, FUTEX_WAKE_PRIVATE, 0x7fffffff, 0, 0, 0);
+}
+
+/*
+ * A thread the leader created, on its own stack in the restorer mapping, signals blocked (the
+ * leader's mask). It sets its own state, says it is ready, and waits: the leader lets every thread
+ * go only once criupy traces it, so criupy follows it out of the restorer to its rt_sigreturn exit.
+ */
+void __attribute__((noreturn)) restorer_thread_main(struct rst_thread *t)
+{
+	struct rst_args *a = args_of_threads;
+	unsigned long frame = build_sigframe(t);
+
+	restore_thread(t);
+	restore_creds(a);
+	call_hook(a, a->hook_pre_sigreturn, "criupy_hook_pre_sigreturn", &t->regs);
+	__atomic_add_fetch(&a->threads_ready, 1, __ATOMIC_SEQ_CST);
+	futex_wake(&a->threads_ready);
+	while (!__atomic_load_n(&a->threads_go, __ATOMIC_SEQ_CST))
+		futex_wait(&a->threads_go, 0);
+	queue_pending_signals((void *)t->signals, t->nr_signals);
+	restorer_sigreturn(frame);
+}
+
+#define THREAD_CLONE_FLAGS                                                                         \
+	(CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM | CLONE_SETTLS)
+
+/* Every other thread, with its dumped TID (set_tid: the PID namespace's CAP_CHECKPOINT_RESTORE). */
+static void create_threads(struct rst_args *a)
+{
+	struct rst_thread *t = (void *)a->threads;
+
+	args_of_threads = a;
+	for (unsigned i = 0; i < a->nr_threads; i++) {
+		struct clone_args clone = {
+			.flags = THREAD_CLONE_FLAGS,
+			.stack = t[i].stack,
+			.stack_size = t[i].stack_size,
+			.tls = t[i].regs.fs_base,
+			.set_tid = (long)&t[i].tid,
+			.set_tid_size = 1,
+		};
+		long tid = restorer_clone_thread(&clone, sizeof(clone), &t[i]);
+
+		if (tid != t[i].tid) {
+			pr_err("restorer: creating thread %d failed: errno %ld", t[i].tid, tid < 0 ? -tid : 0L);
+			fail();
+		}
+	}
+}
+
+static void wait_for_threads(struct rst_args *a)
+{
+	__u32 ready;
+
+	while ((ready = __atomic_load_n(&a->threads_ready, __ATOMIC_SEQ_CST)) != a->nr_threads)
+		futex_wait(&a->threads_ready, ready);
+}
+
+static void release_threads(struct rst_args *a)
+{
+	__atomic_store_n(&a->threads_go, 1, __ATOMIC_SEQ_CST);
+	futex_wake(&a->threads_go);
 }
 
 void __attribute__((noreturn)) restorer_main(struct rst_args *a)
@@ -375,7 +465,7 @@ void __attribute__((noreturn)) restorer_main(struct rst_args *a)
 	wait_for_tracer(a);
 	/* Python's alternate stack (faulthandler's) must not be taken for the dumped one at sigreturn. */
 	must(sys_call2(__NR_sigaltstack, (long)&no_altstack, 0), "disabling the alternate stack");
-	frame = build_sigframe(a);
+	frame = build_sigframe(&a->leader);
 
 	unregister_criupy_rseq(a);
 	park_special_vmas(a);
@@ -385,18 +475,19 @@ void __attribute__((noreturn)) restorer_main(struct rst_args *a)
 	finish_vmas(a);
 	unpark_special_vmas(a);
 	pr_debug("restorer: memory is in place");
-	call_hook(a, a->hook_post_restore_vmas, "criupy_hook_post_restore_vmas");
+	call_hook(a, a->hook_post_restore_vmas, "criupy_hook_post_restore_vmas", &a->leader.regs);
 
 	restore_fds(a);
 	restore_fs_and_session(a);
 	restore_mm(a);
-	restore_thread(a);
-	register_dumped_rseq(a);
+	restore_thread(&a->leader);
+	create_threads(a); /* before the timers, which may signal a thread */
 	restore_timers(a);
 	restore_sigactions(a);
 	restore_rlimits(a);
-	restore_creds(a);
-	call_hook(a, a->hook_pre_sigreturn, "criupy_hook_pre_sigreturn");
+	wait_for_threads(a);
+	restore_creds(a); /* after the threads are created: set_tid may need the capabilities dropped here */
+	call_hook(a, a->hook_pre_sigreturn, "criupy_hook_pre_sigreturn", &a->leader.regs);
 	pr_debug("restorer: returning to the dumped code");
 
 	/* The last of criupy's fds (log, pages, files) go; nothing can be logged after this. */
@@ -406,6 +497,8 @@ void __attribute__((noreturn)) restorer_main(struct rst_args *a)
 	/* Traced from here on: the trap left SIGTRAP unblocked, so block it again first. */
 	block_all_signals();
 	restore_sigaction(a, SIGTRAP);
-	queue_pending_signals(a);
+	release_threads(a);
+	queue_pending_signals((void *)a->signals, a->nr_signals);
+	queue_pending_signals((void *)a->leader.signals, a->leader.nr_signals);
 	restorer_sigreturn(frame);
 }

@@ -95,6 +95,39 @@ struct rst_creds {
 	__u64 groups;    /* __u32[nr_groups] */
 };
 
+/* An rseq registration. */
+struct rst_rseq {
+	__u64 pointer;
+	__u32 size, signature;
+};
+
+/*
+ * One thread: what only the thread itself can set, and its own return into the dumped code with
+ * rt_sigreturn (its registers, FPU state and mask from its own rt_sigframe).
+ */
+struct rst_thread {
+	__s32 tid;          /* clone3 set_tid (threads other than the leader) */
+	__u32 sched_policy; /* sched_setscheduler policy, SCHED_RESET_ON_FORK included */
+	__u32 sched_prio;
+	__s32 sched_nice;
+	__u64 stack, stack_size; /* its own small stack in the restorer mapping (not the leader's) */
+
+	struct criupy_regs regs;
+	__u64 blocked;    /* signal mask after the return */
+	__u64 sas_sp, sas_size;
+	__u32 sas_flags, pad0;
+	__u64 clear_child_tid;
+	__u64 robust_list, robust_list_len; /* 0: none registered */
+	__u64 xsave;      /* XSAVE standard-format image of the FPU state */
+	__u32 xsave_size, pad1;
+	__u64 sigframe;   /* room for the rt_sigframe and its fpstate */
+	__u32 sigframe_size, pad2;
+	struct rst_rseq rseq;
+	char comm[16];
+	__u64 signals;    /* struct rst_signal[nr_signals]: pending for this thread only */
+	__u32 nr_signals, pad3;
+};
+
 struct rst_args {
 	/* The restorer's own mapping: blob, this area, its stack, the vDSO parking. Kept; all else goes. */
 	__u64 region_start, region_size;
@@ -131,33 +164,27 @@ struct rst_args {
 	struct rst_itimer itimers[3]; /* ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF */
 	__u64 posix_timers;           /* struct rst_posix_timer[nr_posix_timers] */
 	__u32 nr_posix_timers, pad5;
-	__u64 signals;                /* struct rst_signal[nr_signals] */
+	__u64 signals;                /* struct rst_signal[nr_signals]: pending for the whole process */
 	__u32 nr_signals, nr_rlimits;
 	struct rst_rlimit rlimits[RST_NR_RLIMITS];
 	struct rst_creds creds;
 
-	/* The thread: what rt_sigreturn and the calls before it put back. */
-	struct criupy_regs regs;
-	__u64 blocked;    /* signal mask after the return */
-	__u64 sas_sp, sas_size;
-	__u32 sas_flags, pad6;
-	__u64 clear_child_tid;
-	__u64 xsave;      /* XSAVE standard-format image of the FPU state */
-	__u32 xsave_size, pad7;
-	__u64 sigframe;   /* room for the rt_sigframe and its fpstate */
-	__u32 sigframe_size, pad8;
-
-	/* rseq: criupy's registration (written by criupy once it traces us) goes, the dumped one comes. */
-	struct rst_rseq {
-		__u64 pointer;
-		__u32 size, signature;
-	} own_rseq, rseq;
+	/* rseq: criupy's registration (written by criupy once it traces us) goes before the tear-down. */
+	struct rst_rseq own_rseq;
 
 	/* PIE plugin (criupy restore --pie-plugin), loaded inside our region: hook addresses, 0 for none. */
 	__u64 hook_post_restore_vmas;
 	__u64 hook_pre_sigreturn;
 	__s32 images_dir_fd; /* the images directory (a restorer fd), for the hooks */
 	__u32 pad9;
+
+	/* The leader, and the other threads it creates with their TIDs. */
+	struct rst_thread leader;
+	__u64 threads;           /* struct rst_thread[nr_threads] */
+	__u32 nr_threads;
+	__u32 threads_ready;     /* futex: threads done with their state, counted up by each */
+	__u32 threads_go;        /* futex: set by the leader once criupy traces every thread */
+	__u32 pad6;
 };
 
 #endif

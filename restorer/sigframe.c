@@ -70,27 +70,27 @@ static unsigned xstate_size(__u64 xfeatures)
 	return size;
 }
 
-unsigned long build_sigframe(struct rst_args *a)
+unsigned long build_sigframe(struct rst_thread *t)
 {
-	struct rt_sigframe *frame = (void *)a->sigframe;
+	struct rt_sigframe *frame = (void *)t->sigframe;
 	struct sigcontext_64 *sc = &frame->uc.uc_mcontext;
-	unsigned long fpstate = (a->sigframe + sizeof(*frame) + XSAVE_ALIGN - 1) & ~(unsigned long)(XSAVE_ALIGN - 1);
+	unsigned long fpstate = (t->sigframe + sizeof(*frame) + XSAVE_ALIGN - 1) & ~(unsigned long)(XSAVE_ALIGN - 1);
 	__u64 xfeatures = enabled_xfeatures();
 	unsigned size = xstate_size(xfeatures);
 	struct _fpx_sw_bytes *sw = (void *)(fpstate + XSAVE_LEGACY_SIZE - sizeof(*sw));
-	struct criupy_regs *r = &a->regs;
+	struct criupy_regs *r = &t->regs;
 
-	if (fpstate + size + FP_XSTATE_MAGIC2_SIZE > a->sigframe + a->sigframe_size) {
+	if (fpstate + size + FP_XSTATE_MAGIC2_SIZE > t->sigframe + t->sigframe_size) {
 		pr_err("restorer: no room for an XSAVE area of %u bytes in the signal frame", size);
 		sys_exit_group(1);
 	}
-	memset(frame, 0, fpstate + size + FP_XSTATE_MAGIC2_SIZE - a->sigframe);
+	memset(frame, 0, fpstate + size + FP_XSTATE_MAGIC2_SIZE - t->sigframe);
 
 	frame->uc.uc_flags = UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS;
-	frame->uc.uc_stack.ss_sp = a->sas_sp;
-	frame->uc.uc_stack.ss_flags = a->sas_flags;
-	frame->uc.uc_stack.ss_size = a->sas_size;
-	frame->uc.uc_sigmask = a->blocked;
+	frame->uc.uc_stack.ss_sp = t->sas_sp;
+	frame->uc.uc_stack.ss_flags = t->sas_flags;
+	frame->uc.uc_stack.ss_size = t->sas_size;
+	frame->uc.uc_sigmask = t->blocked;
 
 	sc->r8 = r->r8;
 	sc->r9 = r->r9;
@@ -115,7 +115,7 @@ unsigned long build_sigframe(struct rst_args *a)
 	sc->fpstate = fpstate;
 
 	/* The dumped state, cut or zero-padded to what this CPU saves; then the kernel's checks. */
-	memcpy((void *)fpstate, (void *)a->xsave, a->xsave_size < size ? a->xsave_size : size);
+	memcpy((void *)fpstate, (void *)t->xsave, t->xsave_size < size ? t->xsave_size : size);
 	sw->magic1 = FP_XSTATE_MAGIC1;
 	sw->extended_size = size + FP_XSTATE_MAGIC2_SIZE;
 	sw->xfeatures = xfeatures;

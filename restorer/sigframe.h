@@ -5,9 +5,9 @@
 #include "restorer.h"
 
 /*
- * Builds the frame in a->sigframe from a->regs, a->xsave, a->blocked and the dumped sigaltstack;
+ * Builds the frame in t->sigframe from t->regs, t->xsave, t->blocked and the dumped sigaltstack;
  * returns the stack pointer for rt_sigreturn (the address of the frame's ucontext).
  */
-unsigned long build_sigframe(struct rst_args *a);
+unsigned long build_sigframe(struct rst_thread *t);
 
 #endif

@@ -36,22 +36,26 @@ def _free_pid():
 def test_argument_layout_matches_restorer_h(tmp_path):
     """Every offset the Python side writes is where the C restorer reads it."""
     fields = [name for name, *_ in rst.Args._fields_ if not name.startswith("pad")]
+    thread_fields = [name for name, *_ in rst.Thread._fields_ if not name.startswith("pad")]
     program = tmp_path / "layout.c"
     program.write_text(
         '#include <stdio.h>\n#include <stddef.h>\n#include "restorer.h"\nint main(void) {\n'
         + "".join(f'printf("{n} %zu\\n", offsetof(struct rst_args, {n}));\n' for n in fields)
         + 'printf("size %zu\\n", sizeof(struct rst_args));\n'
+        + "".join(f'printf("thread.{n} %zu\\n", offsetof(struct rst_thread, {n}));\n' for n in thread_fields)
         + "".join(f'printf("{c} %zu\\n", sizeof(struct {s}));\n' for c, s in (
             ("Vma", "rst_vma"), ("SpecialVma", "rst_special_vma"), ("Fd", "rst_fd"),
-            ("PosixTimer", "rst_posix_timer"), ("Signal", "rst_signal"), ("Creds", "rst_creds")))
+            ("PosixTimer", "rst_posix_timer"), ("Signal", "rst_signal"), ("Creds", "rst_creds"),
+            ("Thread", "rst_thread")))
         + "return 0; }\n"
     )
     subprocess.run(["gcc", "-I", RESTORER_DIR, "-I", PIE_INCLUDE_DIR, "-o", str(tmp_path / "layout"), str(program)], check=True)
     c_layout = subprocess.run([str(tmp_path / "layout")], check=True, capture_output=True, text=True).stdout
     py_layout = "".join(f"{n} {getattr(rst.Args, n).offset}\n" for n in fields)
     py_layout += f"size {ctypes.sizeof(rst.Args)}\n"
+    py_layout += "".join(f"thread.{n} {getattr(rst.Thread, n).offset}\n" for n in thread_fields)
     py_layout += "".join(f"{c} {ctypes.sizeof(getattr(rst, c))}\n"
-                         for c in ("Vma", "SpecialVma", "Fd", "PosixTimer", "Signal", "Creds"))
+                         for c in ("Vma", "SpecialVma", "Fd", "PosixTimer", "Signal", "Creds", "Thread"))
     assert c_layout == py_layout
 
 
@@ -103,16 +107,17 @@ def _restore_synthetic(pid, output_fd, code, pages_path):
     m.start_brk = m.brk = CODE_BASE + 4096
     m.start_stack = m.arg_start = m.arg_end = m.env_start = m.env_end = CODE_BASE + 2048
     m.auxv, m.auxv_size, m.exe_fd = ctypes.addressof(a.auxv), 16, 0xFFFFFFFF
-    a.regs.ip, a.regs.cs, a.regs.ss, a.regs.flags, a.regs.sp = CODE_BASE, 0x33, 0x2B, 0x202, CODE_BASE + 2048
+    t = a.leader
+    t.regs.ip, t.regs.cs, t.regs.ss, t.regs.flags, t.regs.sp = CODE_BASE, 0x33, 0x2B, 0x202, CODE_BASE + 2048
     xsave = bytearray(576)
     struct.pack_into("<H", xsave, 0, 0x37F)         # fcw
     struct.pack_into("<I", xsave, 24, 0x1F80)       # mxcsr
     struct.pack_into("<Q", xsave, 160 + 3 * 16, 0x1234)  # xmm3 low quadword
     struct.pack_into("<Q", xsave, 512, 0b11)        # xstate_bv: x87 and SSE state are in the image
-    a.xsave, a.xsave_size = region.bytes(bytes(xsave), 64), len(xsave)
-    a.sigframe, a.sigframe_size = region.allocate(SIGFRAME_SIZE, 4096), SIGFRAME_SIZE
-    a.sas_flags = 2  # SS_DISABLE
-    a.blocked = 1 << (signal.SIGUSR2 - 1)
+    t.xsave, t.xsave_size = region.bytes(bytes(xsave), 64), len(xsave)
+    t.sigframe, t.sigframe_size = region.allocate(SIGFRAME_SIZE, 4096), SIGFRAME_SIZE
+    t.sas_flags = 2  # SS_DISABLE
+    t.blocked = 1 << (signal.SIGUSR2 - 1)
 
     trap, syscall = region.export("restorer_trap"), region.export("restorer_syscall")
     start, size = region.start, region.size

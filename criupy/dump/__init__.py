@@ -1,13 +1,14 @@
-"""The dump pipeline: one single-threaded process -> CRIU's images.
+"""The dump pipeline: one process, with all its threads -> CRIU's images.
 
     criupy.dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False)
 
 Steps (as CRIU's cr-dump.c):
   check     the process, its fds and its mappings are of kinds criupy dumps (before it is stopped)
-  seize     stop it with ptrace (criupy.infect): registers, XSAVE, signal mask
+  seize     stop every thread with ptrace (criupy.infect.threads): registers, XSAVE, signal masks
   memory    mappings from smaps, pages to save from the pagemap (memory.py, pagemap.py)
   infect    the parasite runs in the task: signal actions, misc state, timers, pipes' fds, page contents
-  images    core, mm, pagemap, files, fdinfo, fs, pstree, ids, inventory, then stats-dump
+  threads   what each other thread tells from inside (threads.py), before the parasite comes in
+  images    core (one per thread), mm, pagemap, files, fdinfo, fs, pstree, ids, inventory, then stats-dump
   end       the task is killed, or resumed untouched with leave_running; a failed dump always resumes
             it and removes the images it wrote
 """
@@ -69,7 +70,7 @@ def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, v
 
 def _dump(pid, status, images, leave_running):
     from criupy.dump import files, memory
-    from criupy.infect import seize
+    from criupy.infect.threads import seize_threads
 
     # Refuse what criupy cannot dump while the task still runs untouched.
     files.inspect_fds(pid)
@@ -77,27 +78,27 @@ def _dump(pid, status, images, leave_running):
 
     stats = DumpStats()
     started = time.monotonic()
-    victim = seize(pid)
+    group = seize_threads(pid)
     frozen = time.monotonic()
     stats.freezing_time = _microseconds(started)
-    log.info("PID %d seized in %d us", pid, stats.freezing_time)
+    log.info("PID %d seized (%d threads) in %d us", pid, len(group.tasks), stats.freezing_time)
     try:
-        _dump_seized(pid, victim, images, stats)
+        _dump_seized(pid, group, images, stats)
     except BaseException:
-        victim.cure()
+        group.cure()
         raise
     if leave_running:
-        victim.cure()
+        group.cure()
         log.info("PID %d left running", pid)
     else:
-        victim.kill()
+        group.kill()
         log.info("PID %d killed", pid)
     stats.frozen_time = _microseconds(frozen)
     _write_stats(images, stats)
 
 
-def _dump_seized(pid, victim, images, stats):
-    from criupy.dump import core, files, memory, tree
+def _dump_seized(pid, group, images, stats):
+    from criupy.dump import core, files, memory, threads, tree
     from criupy.images.pb import fs_pb2, mm_pb2
 
     # Everything read from outside first, while nothing of criupy's is in the task yet: the parasite's
@@ -113,11 +114,18 @@ def _dump_seized(pid, victim, images, stats):
     stats.pages_scanned = pages.pages_scanned
     log.info("%d mappings, %d of %d pages to save", len(vmas), pages.pages, pages.pages_scanned)
 
+    victim = group.leader
+    others = group.tasks[1:]
     seized = core.read_seized(pid, victim)
+    others_seized = threads.read_seized(others)
+    others_told = threads.ask_threads(victim, others)
     brk = victim.syscall(SYS_brk, 0)
     parasite = victim.infect()
     misc = parasite.misc()
     core_entry = core.core_entry(pid, victim, seized, parasite, misc, stat, status)
+    thread_cores = {task.pid: threads.thread_core_entry(pid, task, others_seized[task.pid], others_told[task.pid],
+                                                        misc)
+                    for task in others}
     dumped_fds = files.dump_fds(pid, open_fds, files_image, parasite.steal_fds)
 
     ids = tree.IdGenerator()
@@ -147,8 +155,10 @@ def _dump_seized(pid, victim, images, stats):
     log.info("%d pages written in %d us", stats.pages_written, stats.memwrite_time)
 
     images.write("inventory", [tree.inventory_entry(ids)])
-    images.write("pstree", [tree.pstree_entry(stat)])
+    images.write("pstree", [tree.pstree_entry(stat, group.tids)])
     images.write(f"core-{pid}", [core_entry])
+    for tid, entry in thread_cores.items():
+        images.write(f"core-{tid}", [entry])
     images.write(f"ids-{pid}", [task_ids])
     images.write(f"mm-{pid}", [mm])
     images.write(f"pagemap-{pid}", memory.pagemap_entries(pages, PAGES_ID))

@@ -188,9 +188,24 @@ def read_seized(pid, victim):
                        thread_signals=pending_signals(pid, shared=False))
 
 
+def thread_entries(task, seized, sas, clear_child_tid, creds_entry, comm):
+    """thread_core_entry and thread_info_x86 of one thread (task: its seized Task)."""
+    tid = task.pid
+    futex_rla, futex_rla_len = robust_list(tid)
+    thread = core_pb2.thread_core_entry(
+        futex_rla=futex_rla, futex_rla_len=futex_rla_len, sched_nice=os.getpriority(os.PRIO_PROCESS, tid),
+        sched_policy=os.sched_getscheduler(tid), sched_prio=os.sched_getparam(tid).sched_priority,
+        blk_sigset=task.sigmask, sas=sas, signals_p=seized.thread_signals, creds=creds_entry,
+        seccomp_mode=core_pb2.disabled, comm=comm)
+    if seized.rseq is not None:
+        thread.rseq_entry.CopyFrom(seized.rseq)
+    info = core_x86_pb2.thread_info_x86(clear_tid_addr=clear_child_tid, gpregs=gpregs_entry(seized.regs),
+                                        fpregs=fpregs_entry(task.xsave))
+    return thread, info
+
+
 def core_entry(pid, victim, seized, parasite, misc, stat, status):
-    """The core entry of a single-threaded task: seized state, then what the parasite reports."""
-    futex_rla, futex_rla_len = robust_list(pid)
+    """The core entry of the leader thread: seized state, then what the parasite reports."""
     task = core_pb2.task_core_entry(
         task_state=TASK_STOPPED if victim.was_stopped else TASK_ALIVE, exit_code=0,
         personality=misc.personality, flags=stat.flags, blk_sigset=victim.sigmask, comm=stat.comm,
@@ -199,16 +214,7 @@ def core_entry(pid, victim, seized, parasite, misc, stat, status):
         sigactions=sigactions(parasite.sigactions()))
     if victim.was_stopped:
         task.stop_signo = signal.SIGSTOP
-    thread = core_pb2.thread_core_entry(
-        futex_rla=futex_rla, futex_rla_len=futex_rla_len, sched_nice=os.getpriority(os.PRIO_PROCESS, pid),
-        sched_policy=os.sched_getscheduler(pid), sched_prio=os.sched_getparam(pid).sched_priority,
-        blk_sigset=victim.sigmask,
-        sas=core_pb2.thread_sas_entry(ss_sp=misc.altstack.sp, ss_size=misc.altstack.size,
-                                      ss_flags=misc.altstack.flags),
-        pdeath_sig=misc.pdeath_sig, signals_p=seized.thread_signals, creds=creds(status, misc),
-        seccomp_mode=core_pb2.disabled, comm=stat.comm)
-    if seized.rseq is not None:
-        thread.rseq_entry.CopyFrom(seized.rseq)
-    info = core_x86_pb2.thread_info_x86(clear_tid_addr=misc.clear_child_tid, gpregs=gpregs_entry(seized.regs),
-                                        fpregs=fpregs_entry(victim.xsave))
+    sas = core_pb2.thread_sas_entry(ss_sp=misc.altstack.sp, ss_size=misc.altstack.size, ss_flags=misc.altstack.flags)
+    thread, info = thread_entries(victim, seized, sas, misc.clear_child_tid, creds(status, misc), stat.comm)
+    thread.pdeath_sig = misc.pdeath_sig
     return core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64, thread_info=info, tc=task, thread_core=thread)

@@ -1,6 +1,6 @@
 """The process tree: which tasks are dumped (pstree.img), the kernel objects they use (ids-PID.img), inventory.img.
 
-One single-threaded process for now. Objects tasks may share (mm, files table, fs, signal handlers,
+One process (with all its threads) for now. Objects tasks may share (mm, files table, fs, signal handlers,
 namespaces) get ids from one IdGenerator per dump, so that in a tree two tasks sharing one get the
 same id; namespaces are told apart by inode.
 """
@@ -18,15 +18,13 @@ NAMESPACES = (("pid", "pid_ns_id"), ("net", "net_ns_id"), ("ipc", "ipc_ns_id"), 
 
 
 def check_task(pid):
-    """Raise CriupyError if PID is not a single process criupy can dump; its status otherwise."""
+    """Raise CriupyError if PID is not a single process (of any number of threads) criupy can dump; its
+    status otherwise."""
     if not isinstance(pid, int) or pid <= 0:
         raise CriupyError(f"no process with PID {pid}")
     status = proc.status(pid)
     if status.get("Tgid") != str(pid):
         raise CriupyError(f"PID {pid} is a thread of process {status.get('Tgid')}; give the process's PID")
-    threads = proc.task_ids(pid)
-    if len(threads) > 1:
-        raise CriupyError(f"PID {pid} has {len(threads)} threads: multi-threaded processes are not supported yet")
     children = proc.children(pid)
     if children:
         raise CriupyError(f"PID {pid} has child processes ({', '.join(map(str, children))}): "
@@ -36,9 +34,9 @@ def check_task(pid):
     return status
 
 
-def pstree_entry(stat):
-    # The root of the dumped tree has no parent in it: ppid 0, as CRIU writes.
-    return pstree_pb2.pstree_entry(pid=stat.pid, ppid=0, pgid=stat.pgrp, sid=stat.session, threads=[stat.pid])
+def pstree_entry(stat, tids):
+    # The root of the dumped tree has no parent in it: ppid 0, as CRIU writes. tids: the leader first.
+    return pstree_pb2.pstree_entry(pid=stat.pid, ppid=0, pgid=stat.pgrp, sid=stat.session, threads=tids)
 
 
 class IdGenerator:

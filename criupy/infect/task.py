@@ -128,8 +128,10 @@ def _check_seizable(pid):
 class Task:
     """A task (thread) held with ptrace. See criupy.infect.seize()."""
 
-    def __init__(self, pid):
+    def __init__(self, pid, trace_clones=False):
         self.pid = pid
+        self.trace_clones = trace_clones  # PTRACE_O_TRACECLONE: threads it creates are seized with it
+        self.cloned = []          # TIDs of the threads it created while being stopped (traced by us)
         self.was_stopped = False  # in job-control stop when seized: left stopped after cure
         self.regs = None          # user_regs_struct as seized; what cure puts back
         self.xsave = None         # bytes: the XSAVE area as seized
@@ -149,18 +151,29 @@ class Task:
         state = _check_seizable(self.pid)
         self.was_stopped = state == "T"
         try:
-            trace.request(trace.PTRACE_SEIZE, self.pid, 0, trace.PTRACE_O_TRACESYSGOOD)
+            trace.request(trace.PTRACE_SEIZE, self.pid, 0, self._options())
         except trace.PtraceError as e:
             if e.errno == errno.ESRCH:
-                raise CriupyError(f"no process with PID {self.pid}") from None
+                raise TaskGone(f"no process with PID {self.pid}") from None
             if e.errno == errno.EPERM:
                 raise CriupyError(f"not permitted to trace PID {self.pid} (already traced?)") from None
             raise CriupyError(f"cannot seize PID {self.pid}: {os.strerror(e.errno)}") from None
+        self._take_stopped(interrupt=True)
+
+    def _options(self):
+        return trace.PTRACE_O_TRACESYSGOOD | (trace.PTRACE_O_TRACECLONE if self.trace_clones else 0)
+
+    def _adopt(self):
+        """Take over a thread the kernel attached to us (PTRACE_O_TRACECLONE): it starts in a ptrace stop."""
+        self._take_stopped(interrupt=False)
+
+    def _take_stopped(self, interrupt):
         self._attached = True
         _enter_seized()
         self._holds_seized_count = True
         try:
-            trace.request(trace.PTRACE_INTERRUPT, self.pid)
+            if interrupt:
+                trace.request(trace.PTRACE_INTERRUPT, self.pid)
             self._wait_for_interrupt_stop()
             self.regs = trace.ptrace_getregs(self.pid)
             self.xsave = trace.get_xstate(self.pid)
@@ -177,6 +190,11 @@ class Task:
                 # the PTRACE_INTERRUPT stop, or the group-stop of a task that was (or just got) stopped
                 self._in_stop = True
                 return
+            if event == trace.PTRACE_EVENT_CLONE:
+                # it created a thread before the interrupt stopped it: the new one is ours to take
+                self.cloned.append(trace.get_event_message(self.pid))
+                trace.request(trace.PTRACE_CONT, self.pid, 0, 0)
+                continue
             # a signal-delivery-stop that raced with the interrupt: let the task have its signal
             sig = os.WSTOPSIG(status)
             trace.request(trace.PTRACE_CONT, self.pid, 0, sig)
@@ -445,11 +463,18 @@ class Task:
         self.cure()
 
 
-def seize(pid):
-    """Seize task PID: stopped, its registers, XSAVE area and signal mask saved. Always cure() it."""
-    task = Task(pid)
+def seize(pid, trace_clones=False, adopt=False):
+    """Seize task PID: stopped, its registers, XSAVE area and signal mask saved. Always cure() it.
+
+    trace_clones: threads it creates on the way to its stop are attached to us too (Task.cloned);
+    adopt: PID is such a thread, already attached by the kernel.
+    """
+    task = Task(pid, trace_clones)
     with deferred_signals():
-        task._seize()
+        if adopt:
+            task._adopt()
+        else:
+            task._seize()
         try:
             # a SIGINT/SIGTERM that came during the seize raises here, while we can still cure
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -26,8 +26,11 @@ PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
+PTRACE_GETEVENTMSG = 0x4201
 
 PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_EVENT_CLONE = 3
 PTRACE_EVENT_STOP = 128
 
 NT_X86_XSTATE = 0x202
@@ -65,6 +68,12 @@ def get_sigmask(pid):
 def set_sigmask(pid, value):
     mask = ctypes.c_uint64(value)
     raw_ptrace(PTRACE_SETSIGMASK, pid, ctypes.sizeof(mask), ctypes.addressof(mask))
+
+
+def get_event_message(pid):
+    message = ctypes.c_ulong()
+    raw_ptrace(PTRACE_GETEVENTMSG, pid, 0, ctypes.addressof(message))
+    return message.value
 
 
 def copy_regs(regs):

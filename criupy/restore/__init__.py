@@ -12,8 +12,8 @@ Steps, each in its module:
   prepare  the restorer's mapping: blob + arguments, at an address free here and in the dump
   task     clone3 with the dumped PID, trace it through the restorer, unmap it, detach
 
-Only a single-threaded process is restored for now; trees and threads (issue 5) add task
-creation per process and per thread around the same restorer.
+One process, with all its threads (the restorer creates them), is restored for now; trees
+(issue 5) add task creation per process around the same restorer.
 """
 
 import logging
@@ -80,7 +80,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin):
     finally:
         opened.close()  # the task has its own copies now
 
-    restoring = Restoring(pid, log_read, go_write, trap, syscall, own_rseq)
+    restoring = Restoring(pid, log_read, go_write, trap, syscall, own_rseq, thread_ids=task.thread_cores)
     try:
         restoring.run_to_dumped_code()
         for line in restoring.restorer_log().splitlines():  # the restorer's and the plugin's lines

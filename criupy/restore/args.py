@@ -95,6 +95,23 @@ class Rseq(Struct):
     _fields_ = [("pointer", u64), ("size", u32), ("signature", u32)]
 
 
+class Thread(Struct):
+    _fields_ = [
+        ("tid", s32), ("sched_policy", u32), ("sched_prio", u32), ("sched_nice", s32),
+        ("stack", u64), ("stack_size", u64),
+        ("regs", Regs),
+        ("blocked", u64),
+        ("sas_sp", u64), ("sas_size", u64), ("sas_flags", u32), ("pad0", u32),
+        ("clear_child_tid", u64),
+        ("robust_list", u64), ("robust_list_len", u64),
+        ("xsave", u64), ("xsave_size", u32), ("pad1", u32),
+        ("sigframe", u64), ("sigframe_size", u32), ("pad2", u32),
+        ("rseq", Rseq),
+        ("comm", ctypes.c_char * 16),
+        ("signals", u64), ("nr_signals", u32), ("pad3", u32),
+    ]
+
+
 class Args(Struct):
     _fields_ = [
         ("region_start", u64), ("region_size", u64), ("stack_top", u64), ("task_size", u64),
@@ -113,15 +130,11 @@ class Args(Struct):
         ("signals", u64), ("nr_signals", u32), ("nr_rlimits", u32),
         ("rlimits", Rlimit * NR_RLIMITS),
         ("creds", Creds),
-        ("regs", Regs),
-        ("blocked", u64),
-        ("sas_sp", u64), ("sas_size", u64), ("sas_flags", u32), ("pad6", u32),
-        ("clear_child_tid", u64),
-        ("xsave", u64), ("xsave_size", u32), ("pad7", u32),
-        ("sigframe", u64), ("sigframe_size", u32), ("pad8", u32),
-        ("own_rseq", Rseq), ("rseq", Rseq),
+        ("own_rseq", Rseq),
         ("hook_post_restore_vmas", u64), ("hook_pre_sigreturn", u64),
         ("images_dir_fd", s32), ("pad9", u32),
+        ("leader", Thread),
+        ("threads", u64), ("nr_threads", u32), ("threads_ready", u32), ("threads_go", u32), ("pad6", u32),
     ]
 
 

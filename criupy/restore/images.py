@@ -16,7 +16,7 @@ PAGE_SIZE = 4096
 
 @dataclass
 class DumpedTask:
-    """What the images say about one single-threaded task."""
+    """What the images say about one task (a process and its threads)."""
 
     pid: int
     ppid: int
@@ -31,6 +31,7 @@ class DumpedTask:
     fs: object            # fs_entry
     pipe_data: dict = field(default_factory=dict)  # pipe_id -> (pipe_data_entry, bytes)
     sk_queues: dict = field(default_factory=dict)  # socket file id -> [bytes of each queued message]
+    thread_cores: dict = field(default_factory=dict)  # TID -> core_entry of each thread but the leader
 
 
 def _read(images, name, required=True):
@@ -54,12 +55,14 @@ def _one(images, name):
     return entries[0]
 
 
-def _check_core(core, pid):
+def _check_core(core, pid, leader=True):
     name = f"core-{pid}.img"
     if core.mtype != core_pb2.core_entry.X86_64 or not core.HasField("thread_info"):
         raise CriupyError(f"image {name} is not of an x86-64 task")
-    if not core.HasField("tc"):
+    if leader and not core.HasField("tc"):
         raise CriupyError(f"image {name} is corrupt: it has no task state")
+    if not leader and not core.HasField("thread_core"):
+        raise CriupyError(f"image {name} is corrupt: it has no thread state")
     if core.thread_info.gpregs.mode != 1:  # NATIVE
         raise CriupyError(f"image {name} is of a 32-bit task, which criupy cannot restore")
 
@@ -84,15 +87,22 @@ def read_task(images_dir):
     tree = _read(images, "pstree")
     if not tree:
         raise CriupyError("image pstree.img is corrupt: it lists no process")
-    if len(tree) > 1 or len(tree[0].threads) > 1:
-        raise CriupyError("restoring a tree of processes or a multi-threaded process is not supported yet")
+    if len(tree) > 1:
+        raise CriupyError("restoring a tree of processes is not supported yet")
     root = tree[0]
     pid = root.pid
     if not 0 < pid < 1 << 22:
         raise CriupyError(f"image pstree.img is corrupt: PID {pid}")
+    tids = list(root.threads) or [pid]
+    if tids[0] != pid or len(set(tids)) != len(tids) or not all(0 < tid < 1 << 22 for tid in tids):
+        raise CriupyError(f"image pstree.img is corrupt: threads {tids} of PID {pid}")
 
     core = _one(images, f"core-{pid}")
     _check_core(core, pid)
+    thread_cores = {}
+    for tid in tids[1:]:
+        thread_cores[tid] = _one(images, f"core-{tid}")
+        _check_core(thread_cores[tid], tid, leader=False)
     ids = _one(images, f"ids-{pid}")
     mm = _one(images, f"mm-{pid}")
     _check_mm(mm, pid)
@@ -132,6 +142,7 @@ def read_task(images_dir):
         fs=_one(images, f"fs-{pid}"),
         pipe_data=pipe_data,
         sk_queues=sk_queues,
+        thread_cores=thread_cores,
     )
 
 

@@ -7,7 +7,7 @@ from criupy.errors import CriupyError
 from criupy.restore import args as rst
 from criupy.restore import fpu
 from criupy.restore.memory import PAGE_SIZE, TASK_SIZE
-from criupy.restore.region import SIGFRAME_SIZE, Region, data_size
+from criupy.restore.region import SIGFRAME_SIZE, THREAD_STACK_SIZE, Region, data_size
 
 PIE_LOG_INFO = 3
 PIE_LOG_DEBUG = 4
@@ -33,36 +33,57 @@ def _sigactions(core, pid):
     return dict(zip(numbers, entries))
 
 
+def _checked_signals(queue, tid, thread_wide):
+    """[(thread_wide, siginfo)] of a signal_queue_entry, each siginfo checked."""
+    signals = [(thread_wide, s.siginfo) for s in queue.signals]
+    for _, siginfo in signals:
+        if len(siginfo) != rst.SIGINFO_SIZE:
+            raise CriupyError(f"image core-{tid}.img is corrupt: a pending signal's siginfo is "
+                              f"{len(siginfo)} bytes")
+    return signals
+
+
+class ThreadArgs:
+    """What one thread's rst_thread needs beside its core: its XSAVE image and own pending signals."""
+
+    def __init__(self, tid, core):
+        self.tid = tid
+        self.core = core
+        try:
+            self.xsave = fpu.xsave_image(core.thread_info.fpregs)
+        except ValueError as e:
+            raise CriupyError(f"image core-{tid}.img: {e}") from None
+        thread = core.thread_core
+        self.signals = _checked_signals(thread.signals_p, tid, 1) if thread.HasField("signals_p") else []
+
+    def size(self):
+        """Argument bytes of a thread other than the leader, alignment slack included."""
+        return (ctypes.sizeof(rst.Thread) + len(self.xsave) + 64 + SIGFRAME_SIZE + THREAD_STACK_SIZE
+                + len(self.signals) * ctypes.sizeof(rst.Signal) + 2 * PAGE_SIZE)
+
+
 def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=False, plugin=None, images_fd=-1):
     """Map the restorer region (with the PIE plugin Blob, if any) and write every argument into it;
     returns the Region. images_fd is the images directory, for the plugin's hooks."""
     core = task.core
     thread = core.thread_core
-    info = core.thread_info
-    try:
-        xsave = fpu.xsave_image(info.fpregs)
-    except ValueError as e:
-        raise CriupyError(f"image core-{task.pid}.img: {e}") from None
-    signals = [(0, s.siginfo) for s in core.tc.signals_s.signals] if core.tc.HasField("signals_s") else []
-    if thread.HasField("signals_p"):
-        signals += [(1, s.siginfo) for s in thread.signals_p.signals]
-    for _, siginfo in signals:
-        if len(siginfo) != rst.SIGINFO_SIZE:
-            raise CriupyError(f"image core-{task.pid}.img is corrupt: a pending signal's siginfo is "
-                              f"{len(siginfo)} bytes")
+    leader = ThreadArgs(task.pid, core)
+    others = [ThreadArgs(tid, thread_core) for tid, thread_core in task.thread_cores.items()]
+    signals = _checked_signals(core.tc.signals_s, task.pid, 0) if core.tc.HasField("signals_s") else []
     timers = list(core.tc.timers.posix) if core.tc.HasField("timers") else []
     groups = list(thread.creds.groups) if thread.HasField("creds") else []
     specials_size = sum(s.size for s in plan.specials)
 
     region = Region(
         data_size(len(plan.mappings), len(plan.iovecs), len(plan.specials), len(opened.fds), len(timers),
-                  len(signals), len(groups), len(xsave)),
+                  len(signals) + len(leader.signals), len(groups), len(leader.xsave))
+        + sum(t.size() for t in others),
         specials_size,
         [(m.start, m.end) for m in plan.mappings] + [(s.dumped, s.dumped + s.size) for s in plan.specials],
         plugin,
     )
     try:
-        _fill(region, task, plan, opened, xsave, signals, timers, groups, pages_fd, log_fd, go_fd,
+        _fill(region, task, plan, opened, leader, others, signals, timers, groups, pages_fd, log_fd, go_fd,
               first_own_fd, verbose)
         _fill_plugin(region, images_fd)
     except BaseException:
@@ -71,11 +92,43 @@ def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=Fal
     return region
 
 
-def _fill(region, task, plan, opened, xsave, signals, timers, groups, pages_fd, log_fd, go_fd, first_own_fd,
-          verbose):
-    core = task.core
+def _fill_thread(region, slot, thread_args, with_stack):
+    """Write one thread's rst_thread into slot; with_stack: it gets its own stack (not the leader)."""
+    core = thread_args.core
     thread = core.thread_core
     info = core.thread_info
+    slot.tid = thread_args.tid
+    for name in rst.REGS_FIELDS:
+        setattr(slot.regs, name, getattr(info.gpregs, name))
+    slot.blocked = thread.blk_sigset if thread.HasField("blk_sigset") else core.tc.blk_sigset
+    if thread.HasField("sas"):
+        slot.sas_sp, slot.sas_size, slot.sas_flags = thread.sas.ss_sp, thread.sas.ss_size, thread.sas.ss_flags
+    else:
+        slot.sas_flags = 2  # SS_DISABLE
+    slot.clear_child_tid = info.clear_tid_addr
+    slot.robust_list, slot.robust_list_len = thread.futex_rla, thread.futex_rla_len
+    if thread.HasField("rseq_entry") and thread.rseq_entry.rseq_abi_pointer:
+        r = thread.rseq_entry
+        slot.rseq.pointer, slot.rseq.size, slot.rseq.signature = r.rseq_abi_pointer, r.rseq_abi_size, r.signature
+    slot.comm = (thread.comm if thread.HasField("comm") else core.tc.comm).encode()[:15]
+    slot.sched_policy, slot.sched_prio, slot.sched_nice = thread.sched_policy, thread.sched_prio, thread.sched_nice
+    slot.xsave = region.bytes(thread_args.xsave, 64)
+    slot.xsave_size = len(thread_args.xsave)
+    slot.sigframe = region.allocate(SIGFRAME_SIZE, PAGE_SIZE)
+    slot.sigframe_size = SIGFRAME_SIZE
+    slot.signals = region.array(rst.Signal, (
+        dict(thread=thread_wide, siginfo=(ctypes.c_uint8 * rst.SIGINFO_SIZE).from_buffer_copy(siginfo))
+        for thread_wide, siginfo in thread_args.signals))
+    slot.nr_signals = len(thread_args.signals)
+    if with_stack:
+        slot.stack = region.allocate(THREAD_STACK_SIZE, PAGE_SIZE)
+        slot.stack_size = THREAD_STACK_SIZE
+
+
+def _fill(region, task, plan, opened, leader, others, signals, timers, groups, pages_fd, log_fd, go_fd,
+          first_own_fd, verbose):
+    core = task.core
+    thread = core.thread_core
     a = rst.Args.from_address(region.allocate(ctypes.sizeof(rst.Args), 64))
     a.region_start, a.region_size = region.start, region.size
     a.stack_top = region.stack_top
@@ -158,21 +211,11 @@ def _fill(region, task, plan, opened, xsave, signals, timers, groups, pages_fd, 
         a.creds.nr_groups = len(groups)
         a.creds.groups = region.bytes(b"".join(g.to_bytes(4, "little") for g in groups) or b"\0" * 4)
 
-    for name in rst.REGS_FIELDS:
-        setattr(a.regs, name, getattr(info.gpregs, name))
-    a.blocked = thread.blk_sigset if thread.HasField("blk_sigset") else core.tc.blk_sigset
-    if thread.HasField("sas"):
-        a.sas_sp, a.sas_size, a.sas_flags = thread.sas.ss_sp, thread.sas.ss_size, thread.sas.ss_flags
-    else:
-        a.sas_flags = 2  # SS_DISABLE
-    a.clear_child_tid = info.clear_tid_addr
-    if thread.HasField("rseq_entry") and thread.rseq_entry.rseq_abi_pointer:
-        r = thread.rseq_entry
-        a.rseq.pointer, a.rseq.size, a.rseq.signature = r.rseq_abi_pointer, r.rseq_abi_size, r.signature
-    a.xsave = region.bytes(xsave, 64)
-    a.xsave_size = len(xsave)
-    a.sigframe = region.allocate(SIGFRAME_SIZE, PAGE_SIZE)
-    a.sigframe_size = SIGFRAME_SIZE
+    _fill_thread(region, a.leader, leader, with_stack=False)
+    a.threads = region.allocate(ctypes.sizeof(rst.Thread) * max(len(others), 1))
+    a.nr_threads = len(others)
+    for slot, thread_args in zip((rst.Thread * max(len(others), 1)).from_address(a.threads), others):
+        _fill_thread(region, slot, thread_args, with_stack=True)
     region.args_address = ctypes.addressof(a)
 
 

@@ -16,6 +16,7 @@ from criupy.restore.memory import find_free_area
 
 STACK_SIZE = 64 * 1024
 SIGFRAME_SIZE = 32 * 1024  # rt_sigframe + the largest XSAVE area without AMX tiles, with room to spare
+THREAD_STACK_SIZE = 64 * 1024  # each restored thread's own stack in the restorer (PIE plugin hooks run on it too)
 MAP_FIXED_NOREPLACE = 0x100000
 
 libc = ctypes.CDLL(None, use_errno=True)

@@ -2,11 +2,14 @@
 
 clone3 with set_tid runs in criupy's own (single-threaded) Python: the child comes back from the raw
 system call into Python like a fork without at-fork handlers, and does one thing: call the restorer.
-criupy seizes it at once; the restorer waits for criupy's go, rebuilds the task, and traps just before
-its rt_sigreturn. criupy then follows its system calls to the exit of that rt_sigreturn, where the task
-holds its dumped registers, unmaps the restorer with one last system call, and detaches.
+criupy seizes it at once; the restorer waits for criupy's go, rebuilds the task, creates its other
+threads (which set their own state and wait), and traps just before its rt_sigreturn. criupy then seizes
+every other thread, follows each, system call by system call, to the exit of its rt_sigreturn, where it
+holds its dumped registers, unmaps the restorer with one last system call in the leader, and detaches
+them all.
 """
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -79,8 +82,10 @@ def clone_with_pid(pid, entry, args_address):
 class Restoring:
     """The child while criupy traces it through the restorer. kill() ends it on any failure."""
 
-    def __init__(self, pid, log_fd, go_fd, trap_address, syscall_address, own_rseq_address):
+    def __init__(self, pid, log_fd, go_fd, trap_address, syscall_address, own_rseq_address, thread_ids=()):
         self.pid = pid
+        self.thread_ids = list(thread_ids)  # the other threads the restorer creates
+        self.traced_threads = []
         self.own_rseq_address = own_rseq_address
         self.log_fd = log_fd
         self.go_fd = go_fd
@@ -107,10 +112,13 @@ class Restoring:
         errors = [line for line in self.restorer_log().splitlines() if "failed" in line]
         return RestoreFailed(f"restoring PID {self.pid}: {errors[-1] if errors else what}")
 
-    def _wait(self):
-        status = trace.wait_stop(self.pid)
+    def _wait(self, tid=None):
+        status = trace.wait_stop(tid or self.pid)
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-            self.alive = False
+            if tid is None:
+                self.alive = False
+            else:
+                self.traced_threads.remove(tid)  # reaped
             how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
                    else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
             raise self._failure(f"the task ended ({how}) before it was restored")
@@ -122,7 +130,22 @@ class Restoring:
         self._tell_own_rseq()
         os.write(self.go_fd, b"g")
         self._wait_for_trap()
+        self._seize_threads()
         self._follow_to_sigreturn_exit()
+        for tid in self.thread_ids:
+            self._follow_to_sigreturn_exit(tid)
+
+    def _seize_threads(self):
+        """Every other thread waits for the leader's go in the restorer: stop each there."""
+        for tid in self.thread_ids:
+            try:
+                trace.request(trace.PTRACE_SEIZE, tid, 0, trace.PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
+            except trace.PtraceError as e:
+                raise self._failure(f"cannot trace thread {tid}: {os.strerror(e.errno)}") from None
+            self.traced_threads.append(tid)
+            trace.request(trace.PTRACE_INTERRUPT, tid)
+            while trace.event_of(self._wait(tid)) != trace.PTRACE_EVENT_STOP:
+                pass  # every signal is blocked in the thread: only the interrupt stop can come
 
     def _tell_own_rseq(self):
         """The rseq area glibc registered for criupy's thread, copied into the child: the restorer drops it.
@@ -154,18 +177,19 @@ class Restoring:
                 raise self._failure(f"the restorer crashed: {signal.Signals(sig).name} at {rip:#x} (trap {self.trap_address:#x})")
             trace.request(trace.PTRACE_CONT, self.pid, 0, sig)
 
-    def _follow_to_sigreturn_exit(self):
-        """From the trap, system call by system call, to the exit of rt_sigreturn."""
+    def _follow_to_sigreturn_exit(self, tid=None):
+        """From a stop in the restorer, system call by system call, to the exit of rt_sigreturn."""
         entered_sigreturn = False
+        task = tid or self.pid
         while True:
-            trace.request(PTRACE_SYSCALL, self.pid, 0, 0)
-            status = self._wait()
+            trace.request(PTRACE_SYSCALL, task, 0, 0)
+            status = self._wait(tid)
             if os.WSTOPSIG(status) != SYSCALL_STOP:
-                regs = trace.ptrace_getregs(self.pid)
+                regs = trace.ptrace_getregs(task)
                 sig = signal.Signals(os.WSTOPSIG(status)).name
                 what = "returning to the dumped code" if entered_sigreturn else "the restorer's last steps"
-                raise self._failure(f"{what} failed: {sig} at {regs.rip:#x}")
-            regs = trace.ptrace_getregs(self.pid)
+                raise self._failure(f"{what} failed in thread {task}: {sig} at {regs.rip:#x}")
+            regs = trace.ptrace_getregs(task)
             if entered_sigreturn:
                 return
             entered_sigreturn = regs.orig_rax == SYS_rt_sigreturn and regs.rax == ENOSYS_AT_ENTRY
@@ -188,6 +212,9 @@ class Restoring:
         if result:
             raise self._failure(f"unmapping the restorer failed: errno {-ctypes.c_long(result).value}")
         trace.ptrace_setregs(self.pid, dumped)
+        for tid in self.thread_ids:
+            trace.request(trace.PTRACE_DETACH, tid, 0, 0)
+        self.traced_threads = []
         trace.request(trace.PTRACE_DETACH, self.pid, 0, 0)
 
     def kill(self):
@@ -198,6 +225,13 @@ class Restoring:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for tid in self.traced_threads:  # a traced thread's end is ours to collect, before the leader's
+            with contextlib.suppress(ChildProcessError):
+                while True:
+                    _, status = os.waitpid(tid, trace.WALL)
+                    if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                        break
+        self.traced_threads = []
         while True:
             try:
                 _, status = os.waitpid(self.pid, trace.WALL)

@@ -10,7 +10,7 @@
  *
  * The plugin has its own copy of the logger: call pie_log_init(args->log_fd, args->log_level) before
  * pie_logf; its lines go to criupy's log with the restorer's. Signals are all blocked while hooks run,
- * and they run on the restorer's stack (64 KiB, shared with the restorer: keep frames small).
+ * and they run on the restorer's stacks (64 KiB each, the leader's or a thread's own: keep frames small).
  */
 #ifndef PIE_PLUGIN_H
 #define PIE_PLUGIN_H
