@@ -30,14 +30,16 @@ def cmd_check(args):
 def cmd_dump(args):
     from criupy.dump import dump
 
-    dump(args.tree, args.images_dir, leave_running=args.leave_running, overwrite=args.overwrite)
+    dump(args.tree, args.images_dir, leave_running=args.leave_running, overwrite=args.overwrite,
+         call_hooks=args.call_hook)
     return 0
 
 
 def cmd_restore(args):
     from criupy.restore import restore
 
-    result = restore(args.images_dir, detach=args.restore_detached, pidfile=args.pidfile, pie_plugin=args.pie_plugin)
+    result = restore(args.images_dir, detach=args.restore_detached, pidfile=args.pidfile, pie_plugin=args.pie_plugin,
+                     call_hooks=args.call_hook)
     # Detached: the restored PID was the answer and is in the pidfile; else the exit status.
     return 0 if args.restore_detached else result
 
@@ -73,6 +75,9 @@ def _parser():
     dump.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="directory for the images")
     dump.add_argument("-R", "--leave-running", action="store_true", help="resume the tree after the dump")
     dump.add_argument("--overwrite", action="store_true", help="replace images already in DIR")
+    dump.add_argument("--call-hook", action="append", default=[], metavar="LIB:SYMBOL",
+                      help="call int SYMBOL(void) of the mapped library LIB in the process before it is dumped; "
+                           "non-zero fails the dump (may repeat)")
 
     restore = command("restore", cmd_restore, "restore the process tree dumped in DIR")
     restore.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="directory holding the images")
@@ -80,6 +85,9 @@ def _parser():
     restore.add_argument("--pidfile", metavar="FILE", help="write the restored PID to FILE")
     restore.add_argument("--pie-plugin", metavar="PLUGIN",
                          help="call the hooks of PLUGIN (built by criupy-blobgen --plugin) in the restorer")
+    restore.add_argument("--call-hook", action="append", default=[], metavar="LIB:SYMBOL",
+                         help="call int SYMBOL(void) of the mapped library LIB in the restored process before it "
+                              "resumes; non-zero fails the restore (may repeat)")
 
     show = command("show", cmd_show, "print images (a directory or one file) as JSON, as crit show does")
     show.add_argument("path", metavar="DIR|FILE")

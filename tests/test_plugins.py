@@ -4,9 +4,9 @@ inside the target (criupy dump/restore --call-hook)."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,7 @@ def dumped_sleep(processes, tmp_path):
     sleeper = processes.start(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     while proc.status(sleeper.pid)["State"][0] != "S":
-        pass
+        time.sleep(0.01)
     images = tmp_path / "images"
     dump(sleeper.pid, str(images))
     sleeper.wait()
@@ -145,3 +145,120 @@ def test_failing_plugin_hook_stops_the_restore_cleanly(plugin, processes, tmp_pa
     with pytest.raises(CriupyError, match="returned 7"):
         restore(str(images), detach=True, pie_plugin=str(plugin("failing")))
     assert not os.path.exists(f"/proc/{pid}")
+
+
+# --- hooks inside the target (--call-hook LIB:SYMBOL) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hooklib(tmp_path_factory):
+    """tests/victims/hooklib.c as a shared library, named hooklib.so."""
+    out = tmp_path_factory.mktemp("hooklib") / "hooklib.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", str(out),
+                    str(Path(__file__).parent / "victims" / "hooklib.c")], check=True)
+    return out
+
+
+def wait_for_lines(path, count):
+    while not path.exists() or len(path.read_text().splitlines()) < count:
+        time.sleep(0.01)
+
+
+def hooked_counter(victim, processes, hooklib, tmp_path):
+    """The counter victim with hooklib.so preloaded, logging to tmp_path/hook.log; (process, its output)."""
+    output = tmp_path / "counter.out"
+    env = dict(os.environ, LD_PRELOAD=str(hooklib), HOOKLIB_LOG=str(tmp_path / "hook.log"))
+    with open(output, "a") as out:
+        counter = processes.start([victim("counter")], stdout=out, stdin=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, env=env)
+    wait_for_lines(output, 5)
+    return counter, output
+
+
+def stack_range(pid):
+    (stack,) = [m for m in proc.maps(pid) if m.path == "[stack]"]
+    return stack.start, stack.end
+
+
+def hook_lines(path):
+    """[(pid, stack address)] of the lines pre_restore wrote."""
+    return [(int(m[1]), int(m[2], 16)) for m in re.finditer(r"pre_restore pid (\d+) stack (0x[0-9a-f]+)",
+                                                            path.read_text() if path.exists() else "")]
+
+
+def assert_running_untraced(pid, output):
+    status = proc.status(pid)
+    assert status["TracerPid"] == "0" and status["State"][0] in "SR"
+    count = len(output.read_text().splitlines())
+    wait_for_lines(output, count + 3)  # still counting
+
+
+def test_call_hook_runs_once_in_the_target_at_dump_and_at_restore(victim, processes, hooklib, tmp_path):
+    counter, output = hooked_counter(victim, processes, hooklib, tmp_path)
+    pid = counter.pid
+    stack = stack_range(pid)
+    log = tmp_path / "hook.log"
+    log.rename(tmp_path / "hook.log.1")  # the log is rotated: the hook's job is to open the new one
+    images = tmp_path / "images"
+    result = run("criupy", "dump", "-t", pid, "-D", images, "--call-hook", "hooklib.so:pre_restore")
+    assert result.returncode == 0, result.stderr
+    counter.wait()
+    assert hook_lines(tmp_path / "hook.log.1") == []
+    ((hook_pid, address),) = hook_lines(log)  # once, in the target, in the re-opened file
+    assert hook_pid == pid
+    (core,) = ImagesDir(str(images), "r").read(f"core-{pid}")
+    assert stack[0] <= address < core.thread_info.gpregs.sp - 128  # on its stack, below the red zone
+
+    before = tree_bytes(images)
+    count = len(output.read_text().splitlines())
+    result = run("criupy", "restore", "-D", images, "-d", "--call-hook", f"{hooklib}:pre_restore")
+    assert result.returncode == 0, result.stderr
+    processes.track(pid)
+    lines = hook_lines(log)
+    assert len(lines) == 2 and lines[1][0] == pid
+    assert stack_range(pid)[0] <= lines[1][1] < stack_range(pid)[1]
+    wait_for_lines(output, count + 10)
+    numbers = [int(line) for line in output.read_text().splitlines()]
+    assert numbers == list(range(len(numbers)))  # the call changed nothing the program sees
+    assert tree_bytes(images) == before
+
+
+def test_failing_hook_at_dump_leaves_the_target_running_and_no_images(victim, processes, hooklib, tmp_path):
+    counter, output = hooked_counter(victim, processes, hooklib, tmp_path)
+    images = tmp_path / "images"
+    line = one_error_line(run("criupy", "dump", "-t", counter.pid, "-D", images,
+                              "--call-hook", "hooklib.so:failing_hook"))
+    assert "hooklib.so:failing_hook" in line and "returned 3" in line
+    assert_running_untraced(counter.pid, output)
+    assert not images.exists() or os.listdir(images) == []
+    with pytest.raises(CriupyError, match="returned 3"):
+        dump(counter.pid, str(images), call_hooks=["hooklib.so:failing_hook"])
+    assert_running_untraced(counter.pid, output)
+    assert os.listdir(images) == []
+
+
+@pytest.mark.parametrize("spec, named", [("nosuch.so:pre_restore", "nosuch.so"), ("hooklib.so:nosuch", "nosuch"),
+                                         ("hooklib.so", "LIB:SYMBOL")])
+def test_missing_library_or_symbol_is_named_and_the_target_untouched(victim, processes, hooklib, tmp_path,
+                                                                    spec, named):
+    counter, output = hooked_counter(victim, processes, hooklib, tmp_path)
+    images = tmp_path / "images"
+    assert named in one_error_line(run("criupy", "dump", "-t", counter.pid, "-D", images, "--call-hook", spec))
+    assert_running_untraced(counter.pid, output)
+    assert not images.exists()
+
+
+def test_failing_or_missing_hook_at_restore_leaves_nothing_behind(victim, processes, hooklib, tmp_path):
+    counter, output = hooked_counter(victim, processes, hooklib, tmp_path)
+    images = tmp_path / "images"
+    dump(counter.pid, str(images))
+    counter.wait()
+    before = tree_bytes(images)
+    printed = output.read_text()
+    for spec, named in (("hooklib.so:failing_hook", "returned 3"), ("hooklib.so:nosuch", "nosuch")):
+        line = one_error_line(run("criupy", "restore", "-D", images, "-d", "--call-hook", spec))
+        assert named in line
+        assert not os.path.exists(f"/proc/{counter.pid}")
+        assert tree_bytes(images) == before
+        assert output.read_text() == printed  # it never ran on
+    assert hook_lines(tmp_path / "hook.log") == []

@@ -1,10 +1,13 @@
 """The dump pipeline: one process, with all its threads -> CRIU's images.
 
-    criupy.dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False)
+    criupy.dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False,
+                call_hooks=())
 
 Steps (as CRIU's cr-dump.c):
   check     the process, its fds and its mappings are of kinds criupy dumps (before it is stopped)
   seize     stop every thread with ptrace (criupy.infect.threads): registers, XSAVE, signal masks
+  hooks     call_hooks ("LIB:SYMBOL"), found before the seize, run in the main thread: before anything is
+            read, since they may change its files and memory
   memory    mappings from smaps, pages to save from the pagemap (memory.py, pagemap.py)
   infect    the parasite runs in the task: signal actions, misc state, timers, pipes' fds, page contents
   threads   what each other thread tells from inside (threads.py), before the parasite comes in
@@ -45,21 +48,25 @@ def _microseconds(since):
     return int((time.monotonic() - since) * 1_000_000)
 
 
-def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False):
+def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False, call_hooks=()):
     """Dump process PID into images_dir. Raises CriupyError (the process running as before) on failure.
 
-    overwrite: replace the images a directory already holds (else such a directory is refused)."""
+    overwrite: replace the images a directory already holds (else such a directory is refused).
+    call_hooks: "LIB:SYMBOL" functions of the process, each called in it (int f(void), 0 for success)
+    once it is stopped, before anything is dumped."""
     with log_to(log_file, verbose):
         # Imported here: `import criupy` must not load the image schemas.
         from criupy.images import ImagesDir
 
         from criupy.dump import tree
+        from criupy.infect import hook
 
         status = tree.check_task(pid)  # before touching the images directory: a wrong PID changes nothing
+        hooks = [hook.find_function(pid, spec) for spec in call_hooks]  # so does a missing hook
         images = ImagesDir(images_dir, "w", overwrite=overwrite)
         written_before = set(images.names())
         try:
-            _dump(pid, status, images, leave_running)
+            _dump(pid, status, images, leave_running, hooks)
         except BaseException:
             for name in set(images.names()) - written_before:
                 with contextlib.suppress(OSError):
@@ -68,7 +75,7 @@ def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, v
         log.info("dumped PID %d into %s", pid, images_dir)
 
 
-def _dump(pid, status, images, leave_running):
+def _dump(pid, status, images, leave_running, hooks):
     from criupy.dump import files, memory
     from criupy.infect.threads import seize_threads
 
@@ -83,6 +90,8 @@ def _dump(pid, status, images, leave_running):
     stats.freezing_time = _microseconds(started)
     log.info("PID %d seized (%d threads) in %d us", pid, len(group.tasks), stats.freezing_time)
     try:
+        for function in hooks:
+            _call_hook(pid, group.leader, function)
         _dump_seized(pid, group, images, stats)
     except BaseException:
         group.cure()
@@ -172,6 +181,13 @@ def _dump_seized(pid, group, images, stats):
         images.write("sk-queues", [entry for entry, _ in dumped_fds.sk_queues],
                      payloads=[data for _, data in dumped_fds.sk_queues])
 
+
+
+def _call_hook(pid, victim, function):
+    log.info("calling %s at %#x (%s) in PID %d", function.spec, function.address, function.first_instruction, pid)
+    result = victim.call_function(function)
+    if result:
+        raise CriupyError(f"hook {function.spec} returned {result} in PID {pid}")
 
 
 def _write_stats(images, stats):

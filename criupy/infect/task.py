@@ -17,7 +17,7 @@ import keystone
 
 from criupy import proc
 from criupy.errors import CriupyError
-from criupy.infect import trace
+from criupy.infect import hook, trace
 
 SYS_mmap = 9
 SYS_munmap = 11
@@ -369,6 +369,34 @@ class Task:
             elif sig not in FAULT_SIGNALS:
                 self._signals_to_resend.append(sig)
             self._resume()
+
+    # a function of the task's own ---------------------------------------------------------------
+
+    def call_function(self, function, timeout=hook.TIMEOUT):
+        """Call a criupy.infect.hook.TargetFunction in the task (signals blocked); its int result.
+
+        cure() puts back the registers, FPU state and signal mask the call used; what the function
+        itself did (files it opened, memory it wrote) stays, as the user asked.
+        """
+        if self.parasite is not None and self.parasite.running:
+            raise CriupyError("cannot call a function while the parasite runs")
+        self._require_stop()
+        self._block_signals()
+        held = []
+        self._in_stop = False
+        try:
+            result = hook.call(self.pid, self.regs, function, held, timeout)
+        except hook.HookFailed as e:
+            self._in_stop = e.stopped
+            raise
+        finally:
+            for sig in held:
+                if sig in STOP_SIGNALS:
+                    self._stop_signal = sig
+                else:
+                    self._signals_to_resend.append(sig)
+        self._in_stop = True
+        return result
 
     # parasite -------------------------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """The restore pipeline: images -> a task with its dumped PID, running the dumped code again.
 
-    criupy.restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False, pie_plugin=None)
+    criupy.restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False, pie_plugin=None,
+                   call_hooks=())
         -> exit status, or the PID when detached
 
 pie_plugin: a file built by `criupy-blobgen --plugin`, whose hooks the restorer calls (HACKING.md).
+call_hooks: "LIB:SYMBOL" functions of the restored process, called in it before it resumes.
 
 Steps, each in its module:
   images   read and check every image (nothing is created before they pass)
@@ -29,15 +31,16 @@ def _highest_open_fd():
     return max(int(fd) for fd in os.listdir("/proc/self/fd"))
 
 
-def restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False, pie_plugin=None):
+def restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False, pie_plugin=None, call_hooks=()):
     """Restore the process dumped in images_dir. Returns its PID if detach, else its exit status."""
     with log_to(log_file, verbose):
-        return _restore(images_dir, detach, pidfile, pie_plugin)
+        return _restore(images_dir, detach, pidfile, pie_plugin, call_hooks)
 
 
-def _restore(images_dir, detach, pidfile, pie_plugin):
+def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks):
     # Imported here: the pipeline's modules load the image schemas, which `import criupy` does not need.
     from criupy.blobs.loader import load_plugin
+    from criupy.infect import hook
     from criupy.restore import prepare
     from criupy.restore.args import Args
     from criupy.restore.files import open_files
@@ -45,6 +48,8 @@ def _restore(images_dir, detach, pidfile, pie_plugin):
     from criupy.restore.memory import plan_memory
     from criupy.restore.task import Restoring, clone_with_pid
 
+    for spec in call_hooks:
+        hook.parse_spec(spec)  # a malformed LIB:SYMBOL is refused before anything is made
     plugin = load_plugin(pie_plugin) if pie_plugin else None
     task = read_task(images_dir)
     plan = plan_memory(task)
@@ -85,6 +90,10 @@ def _restore(images_dir, detach, pidfile, pie_plugin):
         restoring.run_to_dumped_code()
         for line in restoring.restorer_log().splitlines():  # the restorer's and the plugin's lines
             log.info("%s", line)
+        for spec in call_hooks:
+            function = hook.find_function(pid, spec)
+            log.info("calling %s at %#x (%s) in PID %d", spec, function.address, function.first_instruction, pid)
+            restoring.call_hook(function)
         restoring.unmap_restorer_and_detach(region_start, region_size)
     except BaseException:
         restoring.kill()

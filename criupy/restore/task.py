@@ -19,7 +19,8 @@ import time
 
 from criupy import proc
 from criupy.errors import CriupyError
-from criupy.infect import trace
+from criupy.infect import hook, trace
+from criupy.infect.task import INJECTED_SIGMASK
 
 SYS_munmap = 11
 SYS_rt_sigreturn = 15
@@ -92,6 +93,7 @@ class Restoring:
         self.trap_address = trap_address
         self.syscall_address = syscall_address
         self.alive = True
+        self.held_signals = []  # came while a hook ran: sent again once the task is detached
 
     def restorer_log(self):
         """What the restorer wrote to its log pipe (everything, once it has closed it)."""
@@ -194,6 +196,20 @@ class Restoring:
                 return
             entered_sigreturn = regs.orig_rax == SYS_rt_sigreturn and regs.rax == ENOSYS_AT_ENTRY
 
+    def call_hook(self, function):
+        """Call a criupy.infect.hook.TargetFunction in the task held at its rt_sigreturn exit, with every
+        signal blocked; its registers, FPU state and mask are put back after. Non-zero fails the restore."""
+        dumped = trace.ptrace_getregs(self.pid)
+        xsave = trace.get_xstate(self.pid)
+        mask = trace.get_sigmask(self.pid)
+        trace.set_sigmask(self.pid, INJECTED_SIGMASK)
+        result = hook.call(self.pid, dumped, function, self.held_signals)
+        trace.ptrace_setregs(self.pid, dumped)
+        trace.set_xstate(self.pid, xsave)
+        trace.set_sigmask(self.pid, mask)
+        if result:
+            raise RestoreFailed(f"hook {function.spec} returned {result} in PID {self.pid}")
+
     def unmap_restorer_and_detach(self, start, size):
         """One system call at the restorer's `syscall` instruction, stopped at its exit; then go."""
         dumped = trace.ptrace_getregs(self.pid)
@@ -216,6 +232,8 @@ class Restoring:
             trace.request(trace.PTRACE_DETACH, tid, 0, 0)
         self.traced_threads = []
         trace.request(trace.PTRACE_DETACH, self.pid, 0, 0)
+        for sig in self.held_signals:
+            os.kill(self.pid, sig)
 
     def kill(self):
         """End the child and reap it: a failed restore leaves no process behind."""
