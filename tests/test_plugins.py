@@ -101,27 +101,47 @@ def test_a_file_that_is_no_plugin_is_refused(tmp_path, processes):
     assert not os.path.exists(f"/proc/{pid}")
 
 
-def test_marker_plugin_runs_once_per_thread_before_sigreturn(plugin, processes, tmp_path):
-    pid, images = dumped_sleep(processes, tmp_path)
+def dumped_threads(victim, processes, tmp_path, nr_threads):
+    """The threads_counter victim (a leader and nr_threads threads) dumped; (its PID, the images dir)."""
+    output = tmp_path / "counter.out"
+    with open(output, "a") as out:
+        counter = processes.start([victim("threads_counter"), str(nr_threads)], stdout=out,
+                                  stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while len(os.listdir(f"/proc/{counter.pid}/task")) < nr_threads + 1 or not output.read_text():
+        time.sleep(0.01)
+    images = tmp_path / "images"
+    dump(counter.pid, str(images))
+    counter.wait()
+    return counter.pid, images
+
+
+@pytest.mark.parametrize("program", ["sleep", "threads"])
+def test_marker_plugin_runs_once_per_thread_before_sigreturn(program, plugin, victim, processes, tmp_path):
+    if program == "sleep":
+        pid, images = dumped_sleep(processes, tmp_path)
+    else:
+        pid, images = dumped_threads(victim, processes, tmp_path, 4)
     before = tree_bytes(images)
-    (core,) = ImagesDir(str(images), "r").read(f"core-{pid}")
+    (pstree,) = ImagesDir(str(images), "r").read("pstree")
+    dumped_threads_ids = sorted(pstree.threads) or [pid]
     log = tmp_path / "restore.log"
     result = run("criupy", "restore", "-D", images, "--pie-plugin", plugin("marker"), "-d", "-o", log)
     assert result.returncode == 0, result.stderr
     processes.track(pid)
     assert proc.status(pid)["TracerPid"] == "0"
-    threads = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    assert sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")) == dumped_threads_ids
 
     lines = log.read_text().splitlines()
     pre = [re.search(r"plugin-marker pre_sigreturn pid (\d+) tid (\d+) ip (\w+) sp (\w+) "
                      r"inventory magic (\w+) size (\d+)", line) for line in lines]
     pre = [m for m in pre if m]
-    assert sorted(int(m[2]) for m in pre) == threads  # exactly once for each restored thread
+    assert sorted(int(m[2]) for m in pre) == dumped_threads_ids  # exactly once for each restored thread
     for m in pre:
         assert int(m[1]) == pid
         assert int(m[5], 16) == 0x58313116  # it read inventory.img through the images dir fd
-    main = next(m for m in pre if int(m[2]) == pid)
-    assert (int(main[3], 16), int(main[4], 16)) == (core.thread_info.gpregs.ip, core.thread_info.gpregs.sp)
+        (core,) = ImagesDir(str(images), "r").read(f"core-{m[2]}")
+        # each thread's own registers, as its rt_sigreturn puts them back
+        assert (int(m[3], 16), int(m[4], 16)) == (core.thread_info.gpregs.ip, core.thread_info.gpregs.sp)
     post = [line for line in lines if f"plugin-marker post_restore_vmas pid {pid} tid {pid}" in line]
     assert len(post) == 1
     assert lines.index(post[0]) < min(i for i, line in enumerate(lines) if "plugin-marker pre_sigreturn" in line)
