@@ -1,0 +1,190 @@
+"""What a process holds survives dump + restore: its computation, FPU registers, signal state, files and
+the system call it was blocked in. Each test compares the restored process with what it was at the dump."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from criupy import proc
+from criupy.dump import dump
+from criupy.images import ImagesDir
+from criupy.restore import restore
+
+QUIET = dict(stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for(condition, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def _start(processes, argv, output, **popen_kwargs):
+    """Start argv writing to the file output; returns it once it printed "ready"."""
+    with open(output, "w") as out:
+        started = processes.start(argv, stdout=out, **{**QUIET, **popen_kwargs})
+    _wait_for(lambda: "ready" in _lines(output), f"{argv[0]} to be ready")
+    return started
+
+
+def _dump_and_restore(processes, started, images, detach=True):
+    dump(started.pid, str(images))
+    started.wait()
+    if not detach:
+        return restore(str(images))
+    pid = processes.track(restore(str(images), detach=True))
+    assert pid == started.pid
+    return pid
+
+
+# --- 1. a computation ends with the same result ---------------------------------------------------------
+
+PRIMES_LIMIT = "5000000"
+
+
+def test_prime_search_dumped_midway_prints_the_undisturbed_result(victim, processes, tmp_path):
+    primes = victim("primes")
+    undisturbed = subprocess.run([primes, PRIMES_LIMIT], capture_output=True, text=True, check=True)
+    expected = undisturbed.stdout.splitlines()[-1]
+
+    output = tmp_path / "primes.out"
+    with open(output, "w") as out:
+        started = processes.start([primes, PRIMES_LIMIT], stdout=out, **QUIET)
+    _wait_for(lambda: len(_lines(output)) >= 2, "the search to make progress")
+    dump(started.pid, str(tmp_path / "images"))
+    started.wait()
+    at_dump = _lines(output)
+    assert not any(line.startswith("primes below") for line in at_dump), "the search ended before the dump"
+
+    status = restore(str(tmp_path / "images"))  # waits for the restored process to end
+    assert status == 0
+    lines = _lines(output)
+    assert lines[-1] == expected
+    # the progress lines went on from where the dump left them
+    assert lines[:-1] == undisturbed.stdout.splitlines()[:-1]
+
+
+# --- 2. x87, SSE and AVX registers ---------------------------------------------------------------------
+
+def _cpu_has(flag):
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and flag in line.split() for line in f)
+
+
+@pytest.mark.skipif(not _cpu_has("avx"), reason="the CPU has no AVX")
+def test_x87_sse_and_avx_registers_survive(victim, processes, tmp_path):
+    fpu = victim("fpu")
+    output = tmp_path / "fpu.out"
+    started = _start(processes, [fpu], output)
+    time.sleep(0.1)  # into its register-only loop
+    pid = _dump_and_restore(processes, started, tmp_path / "images")
+    os.kill(pid, signal.SIGUSR1)
+    _wait_for(lambda: len(_lines(output)) > 1, "the victim's verdict")
+    assert _lines(output)[1:] == ["OK"]
+    assert os.waitpid(pid, 0)[1] == 0
+
+
+# --- 3. signals: alternate stack, blocked, pending, ignored, caught ------------------------------------
+
+SIGNAL_FIELDS = ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+
+
+def _signal_state(pid):
+    status = proc.status(pid)
+    return {field: status[field] for field in SIGNAL_FIELDS}
+
+
+def test_signal_handler_on_altstack_and_pending_blocked_signals_survive(victim, processes, tmp_path):
+    output = tmp_path / "signals.out"
+    started = _start(processes, [victim("signals")], output)
+    dumped = _signal_state(started.pid)
+    assert int(dumped["SigPnd"], 16) and int(dumped["ShdPnd"], 16)  # the victim set up what we check
+    pid = _dump_and_restore(processes, started, tmp_path / "images")
+    assert _signal_state(pid) == dumped
+    for count in (1, 2):
+        os.kill(pid, signal.SIGUSR1)
+        _wait_for(lambda: len(_lines(output)) >= 1 + 3 * count, "the SIGUSR1 handler")
+    assert _lines(output)[1:] == ["usr1 on altstack", "pending: usr2 rt2", "blocked: usr1 usr2 rt2"] * 2
+    assert _signal_state(pid) == dumped
+
+
+# --- 4. files at their offsets, with their flags, and a pipe holding data -----------------------------
+
+def _fd_table(pid):
+    """{fd: (target, flags, pos)}, a pipe's target as "pipe" (its inode is new after restore)."""
+    table = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{name}")
+        with open(f"/proc/{pid}/fdinfo/{name}") as f:
+            info = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+        table[int(name)] = ("pipe" if target.startswith("pipe:") else target, info["flags"], info["pos"])
+    return table
+
+
+def test_files_offsets_flags_and_pipe_data_survive(victim, processes, tmp_path):
+    data = os.urandom(5000)
+    (tmp_path / "rw").write_bytes(data)
+    (tmp_path / "ro").write_bytes(data)
+    (tmp_path / "log").write_text("first\n")
+    output = tmp_path / "files.out"
+    started = _start(processes, [victim("files"), str(tmp_path)], output)
+    dumped = _fd_table(started.pid)
+    assert sorted(dumped) == [0, 1, 2, 10, 11, 12, 20, 21]
+    pid = _dump_and_restore(processes, started, tmp_path / "images")
+    assert _fd_table(pid) == dumped
+    pipe_inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (20, 21)}
+    assert len(pipe_inodes) == 1, "the pipe's two ends are two pipes"
+
+    os.kill(pid, signal.SIGUSR1)
+    _wait_for(lambda: len(_lines(output)) >= 4, "the victim to read its pipe")
+    assert _lines(output)[1:] == ["pipe: pipe data 1", "pipe data 2", "offsets: rw 1000 ro 4000"]
+    assert (tmp_path / "log").read_text() == "first\nappended\n"  # O_APPEND: at the end, not at 0
+    assert (tmp_path / "rw").read_bytes() == data
+
+
+# --- 5. a process blocked in a system call goes on with it --------------------------------------------
+
+SYSCALL_NUMBERS = {"nanosleep": 35, "clock_nanosleep": 230, "read": 0, "pause": 34, "poll": 7}
+
+
+def _syscall(pid):
+    """/proc/PID/syscall: the number and arguments of the call it is blocked in (None if running)."""
+    with open(f"/proc/{pid}/syscall") as f:
+        fields = f.read().split()
+    return None if fields[0] in ("running", "-1") else (int(fields[0]), fields[1:7])
+
+
+@pytest.mark.parametrize("call, wake, expected", [
+    ("nanosleep", None, "nanosleep returned 0 errno 0"),
+    ("clock_nanosleep", None, "clock_nanosleep returned 0 errno 0"),
+    ("read", signal.SIGUSR1, "read returned 5 errno 0 woken"),
+    ("pause", signal.SIGUSR1, "pause returned -1 errno EINTR"),
+    ("poll", None, "poll returned 0 errno 0"),
+])
+def test_blocking_system_call_restarts_after_restore(victim, processes, tmp_path, call, wake, expected):
+    output = tmp_path / "restart.out"
+    started = _start(processes, [victim("restart"), call], output)
+    _wait_for(lambda: (_syscall(started.pid) or (None,))[0] == SYSCALL_NUMBERS[call], f"the victim in {call}")
+    blocked_in = _syscall(started.pid)
+    pid = _dump_and_restore(processes, started, tmp_path / "images")
+    assert len(_lines(output)) == 1, "the call returned before the dump"
+    (core,) = ImagesDir(str(tmp_path / "images"), "r").read(f"core-{pid}")
+    regs = core.thread_info.gpregs
+    # dumped to run the call again: its number in ax, ip on its `syscall` instruction
+    assert regs.ax == SYSCALL_NUMBERS[call]
+    _wait_for(lambda: _syscall(pid) is not None, "the restored process to block again")
+    assert _syscall(pid) == blocked_in  # the same call with the same arguments
+    if wake:
+        os.kill(pid, wake)
+    _wait_for(lambda: len(_lines(output)) > 1, f"{call} to return")
+    assert _lines(output)[1:] == [expected]
+    assert os.waitpid(pid, 0)[1] == 0
