@@ -36,6 +36,13 @@ def _start(processes, argv, output, **popen_kwargs):
     return started
 
 
+def _syscall(pid):
+    """/proc/PID/syscall: the number and arguments of the call it is blocked in (None if running)."""
+    with open(f"/proc/{pid}/syscall") as f:
+        fields = f.read().split()
+    return None if fields[0] in ("running", "-1") else (int(fields[0]), fields[1:7])
+
+
 def _dump_and_restore(processes, started, images, detach=True):
     dump(started.pid, str(images))
     started.wait()
@@ -95,10 +102,13 @@ def test_x87_sse_and_avx_registers_survive(victim, processes, tmp_path):
 
 # --- 3. signals: alternate stack, blocked, pending, ignored, caught ------------------------------------
 
+SYS_rt_sigsuspend = 130
 SIGNAL_FIELDS = ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
 
 
 def _signal_state(pid):
+    """The signal fields of /proc/PID/status once PID waits in sigsuspend (which changes SigBlk meanwhile)."""
+    _wait_for(lambda: (_syscall(pid) or (None,))[0] == SYS_rt_sigsuspend, f"PID {pid} in sigsuspend")
     status = proc.status(pid)
     return {field: status[field] for field in SIGNAL_FIELDS}
 
@@ -154,13 +164,6 @@ def test_files_offsets_flags_and_pipe_data_survive(victim, processes, tmp_path):
 # --- 5. a process blocked in a system call goes on with it --------------------------------------------
 
 SYSCALL_NUMBERS = {"nanosleep": 35, "clock_nanosleep": 230, "read": 0, "pause": 34, "poll": 7}
-
-
-def _syscall(pid):
-    """/proc/PID/syscall: the number and arguments of the call it is blocked in (None if running)."""
-    with open(f"/proc/{pid}/syscall") as f:
-        fields = f.read().split()
-    return None if fields[0] in ("running", "-1") else (int(fields[0]), fields[1:7])
 
 
 @pytest.mark.parametrize("call, wake, expected", [
