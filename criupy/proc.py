@@ -227,8 +227,15 @@ def timers(pid):
 
 
 def children(pid):
-    """The PIDs of a process's children (of its main thread), from /proc/PID/task/PID/children."""
-    return [int(c) for c in _read_text(pid, f"task/{pid}/children").split()]
+    """The PIDs of a process's children, from /proc/PID/task/TID/children of each of its threads
+    (a child's parent is the thread that forked it). Threads that end meanwhile are skipped."""
+    result = []
+    for tid in task_ids(pid):
+        try:
+            result += [int(c) for c in _read_text(pid, f"task/{tid}/children").split()]
+        except (CriupyError, FileNotFoundError):
+            continue
+    return result
 
 
 def oom_score_adj(pid):

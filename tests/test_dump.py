@@ -276,9 +276,12 @@ def test_a_dump_failing_while_the_process_is_stopped_resumes_it_and_removes_its_
 
 
 @pytest.mark.parametrize("setup, message", [
-    pytest.param("import mmap\nkeep = mmap.mmap(-1, 4096)\nprint(0, flush=True)",
-                 r"^mapping 0x[0-9a-f]+-0x[0-9a-f]+ \(/dev/zero \(deleted\)\) is shared anonymous memory: "
-                 r"not supported yet$", id="shared-anonymous-memory"),
+    pytest.param("import ctypes, os\nfd = os.memfd_create('m')\nos.ftruncate(fd, 4096)\n"
+                 "libc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"
+                 "libc.mmap(None, 4096, 3, 1, fd, 0)  # PROT_READ|PROT_WRITE, MAP_SHARED\n"
+                 "os.close(fd)\nprint(0, flush=True)",
+                 r"^mapping 0x[0-9a-f]+-0x[0-9a-f]+ \(/memfd:m \(deleted\)\) is shared memory of a kind not "
+                 r"supported yet$", id="memfd-shared-memory"),
     pytest.param("import os, tempfile\nkeep = tempfile.NamedTemporaryFile()\nos.unlink(keep.name)\n"
                  "print(keep.fileno(), flush=True)",
                  r"^fd {fd}: file /tmp/\S+ was deleted: not supported yet$", id="deleted-file"),

@@ -18,7 +18,7 @@ from criupy.restore import args as rst
 from criupy.restore import restore
 from criupy.restore.memory import TASK_SIZE, SpecialArea
 from criupy.restore.region import SIGFRAME_SIZE, Region, data_size
-from criupy.restore.task import Restoring, clone_with_pid
+from criupy.restore.task import Restoring, call_restorer, clone_with_pid
 
 RESTORER_DIR = os.path.join(os.path.dirname(__file__), "..", "restorer")
 PIE_INCLUDE_DIR = os.path.join(os.path.dirname(__file__), "..", "blobgen", "pie", "include")
@@ -122,7 +122,7 @@ def _restore_synthetic(pid, output_fd, code, pages_path):
     trap, syscall = region.export("restorer_trap"), region.export("restorer_syscall")
     start, size = region.start, region.size
     try:
-        child = clone_with_pid(pid, region.entry(), ctypes.addressof(a))
+        child = clone_with_pid(pid, lambda: call_restorer(region.entry(), ctypes.addressof(a)))
     finally:
         region.unmap()
         for fd in own + [pages_read, log_write, go_read]:
@@ -165,7 +165,7 @@ def test_restorer_rebuilds_a_synthetic_task(tmp_path, processes):
 
 def test_pid_in_use_is_a_clear_error():
     with pytest.raises(CriupyError, match=rf"PID {os.getpid()} is in use"):
-        clone_with_pid(os.getpid(), 0, 0)
+        clone_with_pid(os.getpid(), lambda: os._exit(1))
 
 
 # --- dump and restore of real victims (need criupy.dump) ------------------------------------------------

@@ -1,19 +1,22 @@
-"""The dump pipeline: one process, with all its threads -> CRIU's images.
+"""The dump pipeline: a tree of processes, each with all its threads -> CRIU's images.
 
     criupy.dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False,
                 call_hooks=())
 
 Steps (as CRIU's cr-dump.c):
-  check     the process, its fds and its mappings are of kinds criupy dumps (before it is stopped)
-  seize     stop every thread with ptrace (criupy.infect.threads): registers, XSAVE, signal masks
-  hooks     call_hooks ("LIB:SYMBOL"), found before the seize, run in the main thread: before anything is
-            read, since they may change its files and memory
+  check     the processes, their fds and their mappings are of kinds criupy dumps (before they stop)
+  seize     stop the root and every descendant, every thread of each, with ptrace (tree.py,
+            criupy.infect.threads), until no new child appears; zombies are recorded
+  hooks     call_hooks ("LIB:SYMBOL"), found before the seize, run in the root's main thread: before
+            anything is read, since they may change its files and memory
   memory    mappings from smaps, pages to save from the pagemap (memory.py, pagemap.py)
-  infect    the parasite runs in the task: signal actions, misc state, timers, pipes' fds, page contents
+  infect    the parasite runs in each process: signal actions, misc state, timers, pipes' fds, pages
   threads   what each other thread tells from inside (threads.py), before the parasite comes in
-  images    core (one per thread), mm, pagemap, files, fdinfo, fs, pstree, ids, inventory, then stats-dump
-  end       the task is killed, or resumed untouched with leave_running; a failed dump always resumes
-            it and removes the images it wrote
+  images    per process core (one per thread), ids, mm, pagemap, pages, fdinfo, fs; for the tree
+            pstree, files (file descriptions shared by processes once), pipes-data, sk-queues, shared
+            memory (shmem.py), inventory, then stats-dump
+  end       the processes are killed, or resumed untouched with leave_running; a failed dump always
+            resumes them and removes the images it wrote
 """
 
 import contextlib
@@ -28,7 +31,6 @@ from criupy.log import log_to
 
 log = logging.getLogger("criupy.dump")
 
-PAGES_ID = 1  # pages-1.img
 SYS_brk = 12
 
 
@@ -61,12 +63,12 @@ def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, v
         from criupy.dump import tree
         from criupy.infect import hook
 
-        status = tree.check_task(pid)  # before touching the images directory: a wrong PID changes nothing
+        tree.check_task(pid)  # before touching the images directory: a wrong PID changes nothing
         hooks = [hook.find_function(pid, spec) for spec in call_hooks]  # so does a missing hook
         images = ImagesDir(images_dir, "w", overwrite=overwrite)
         written_before = set(images.names())
         try:
-            _dump(pid, status, images, leave_running, hooks)
+            _dump(pid, images, leave_running, hooks)
         except BaseException:
             for name in set(images.names()) - written_before:
                 with contextlib.suppress(OSError):
@@ -75,53 +77,130 @@ def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, v
         log.info("dumped PID %d into %s", pid, images_dir)
 
 
-def _dump(pid, status, images, leave_running, hooks):
-    from criupy.dump import files, memory
-    from criupy.infect.threads import seize_threads
+def _dump(pid, images, leave_running, hooks):
+    from criupy.dump import files, memory, tree
 
-    # Refuse what criupy cannot dump while the task still runs untouched.
+    # Refuse what criupy cannot dump while the tree still runs untouched (a process that comes or
+    # goes meanwhile is judged once seized).
     files.inspect_fds(pid)
     memory.check_mappings(pid)
+    for descendant in _descendants(pid):
+        _suppress_gone(_check_process, descendant)
 
     stats = DumpStats()
     started = time.monotonic()
-    group = seize_threads(pid)
-    frozen = time.monotonic()
+    frozen = tree.FrozenTree()
+    try:
+        frozen.seize_all(pid)
+    except BaseException:
+        frozen.cure()
+        raise
+    frozen_at = time.monotonic()
     stats.freezing_time = _microseconds(started)
-    log.info("PID %d seized (%d threads) in %d us", pid, len(group.tasks), stats.freezing_time)
+    log.info("PID %d seized in %d us, with %d descendants", pid, stats.freezing_time, len(frozen.members) - 1)
     try:
         for function in hooks:
-            _call_hook(pid, group.leader, function)
-        _dump_seized(pid, group, images, stats)
+            _call_hook(pid, frozen.members[0].group.leader, function)
+        _dump_seized(frozen, images, stats)
     except BaseException:
-        group.cure()
+        frozen.cure()
         raise
     if leave_running:
-        group.cure()
-        log.info("PID %d left running", pid)
+        frozen.cure()
+        log.info("PID %d and its descendants left running", pid)
     else:
-        group.kill()
-        log.info("PID %d killed", pid)
-    stats.frozen_time = _microseconds(frozen)
+        frozen.kill()
+        log.info("PID %d and its descendants killed", pid)
+    stats.frozen_time = _microseconds(frozen_at)
     _write_stats(images, stats)
 
 
-def _dump_seized(pid, group, images, stats):
+def _descendants(pid):
+    """The descendants of a running process as far as they can be listed now."""
+    found = []
+    todo = [pid]
+    while todo:
+        with contextlib.suppress(CriupyError):
+            children = proc.children(todo.pop())
+            found += children
+            todo += children
+    return found
+
+
+def _check_process(pid):
+    from criupy.dump import files, memory, tree
+
+    if proc.stat(pid).state in ("Z", "X"):
+        return
+    tree.check_task(pid)
+    files.inspect_fds(pid)
+    memory.check_mappings(pid)
+
+
+def _suppress_gone(check, pid):
+    """check(pid), where a process that went away (or became a zombie) is no concern."""
+    try:
+        check(pid)
+    except (CriupyError, OSError):
+        with contextlib.suppress(CriupyError):
+            if proc.stat(pid).state in ("Z", "X"):
+                return
+        if os.path.exists(f"/proc/{pid}"):
+            raise
+
+
+def _dump_seized(frozen, images, stats):
+    from criupy.dump import files, memory, shmem, tree
+
+    files_image = files.FilesImage()
+    shared_memory = shmem.SharedMemory()
+    ids = tree.IdGenerator()
+    pstree = []
+    pipe_data = []
+    sk_queues = []
+    for pages_id, member in enumerate(frozen.members, 1):
+        stat = proc.stat(member.pid)
+        if member.zombie:
+            pstree.append(tree.pstree_entry(stat, [member.pid], is_root=member.parent == 0))
+            images.write(f"core-{member.pid}", [tree.zombie_core_entry(stat)])
+            continue
+        pstree.append(tree.pstree_entry(stat, member.group.tids, is_root=member.parent == 0))
+        dumped_fds = _dump_process(member.pid, member.group, stat, pages_id, images, stats, files_image,
+                                   shared_memory, ids)
+        pipe_data += dumped_fds.pipe_data
+        sk_queues += dumped_fds.sk_queues
+
+    write_started = time.monotonic()
+    stats.pages_written += shared_memory.dump(images, len(frozen.members) + 1)
+    stats.memwrite_time += _microseconds(write_started)
+
+    images.write("inventory", [tree.inventory_entry(ids)])
+    images.write("pstree", pstree)
+    images.write("files", files_image.entries)
+    if pipe_data:
+        images.write("pipes-data", [entry for entry, _ in pipe_data], payloads=[data for _, data in pipe_data])
+    if sk_queues:
+        images.write("sk-queues", [entry for entry, _ in sk_queues], payloads=[data for _, data in sk_queues])
+
+
+def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared_memory, ids):
+    """The images of one seized process (core per thread, ids, mm, pagemap + pages-<pages_id>, fdinfo, fs).
+
+    Returns its DumpedFds: the pipe data and socket queues first read here go in the tree's images."""
     from criupy.dump import core, files, memory, threads, tree
     from criupy.images.pb import fs_pb2, mm_pb2
 
     # Everything read from outside first, while nothing of criupy's is in the task yet: the parasite's
     # memfd, and the code page the injector borrows, would otherwise show in the mappings and pagemap.
     status = tree.check_task(pid)  # again: it may have changed before it was stopped
-    stat = proc.stat(pid)
     open_fds = files.inspect_fds(pid)
-    files_image = files.FilesImage()
     vmas = memory.collect_vmas(pid, files_image)
+    shared_memory.add_vmas(pid, vmas)
     memdump_started = time.monotonic()
     pages = memory.find_pages(pid, vmas)
-    stats.memdump_time = _microseconds(memdump_started)
-    stats.pages_scanned = pages.pages_scanned
-    log.info("%d mappings, %d of %d pages to save", len(vmas), pages.pages, pages.pages_scanned)
+    stats.memdump_time += _microseconds(memdump_started)
+    stats.pages_scanned += pages.pages_scanned
+    log.info("PID %d: %d mappings, %d of %d pages to save", pid, len(vmas), pages.pages, pages.pages_scanned)
 
     victim = group.leader
     others = group.tasks[1:]
@@ -137,7 +216,6 @@ def _dump_seized(pid, group, images, stats):
                     for task in others}
     dumped_fds = files.dump_fds(pid, open_fds, files_image, parasite.steal_fds)
 
-    ids = tree.IdGenerator()
     task_ids = ids.task_ids(pid)
     mm = mm_pb2.mm_entry(
         mm_start_code=stat.start_code, mm_end_code=stat.end_code, mm_start_data=stat.start_data,
@@ -152,35 +230,26 @@ def _dump_seized(pid, group, images, stats):
         umask=misc.umask)
 
     write_started = time.monotonic()
-    pages_fd = images.open_raw(f"pages-{PAGES_ID}", write=True)
+    pages_fd = images.open_raw(f"pages-{pages_id}", write=True)
     try:
         written = parasite.dump_pages(pages_fd, pages.ranges)
     finally:
         os.close(pages_fd)
-    stats.memwrite_time = _microseconds(write_started)
-    stats.pages_written = written // memory.PAGE_SIZE
+    stats.memwrite_time += _microseconds(write_started)
+    stats.pages_written += written // memory.PAGE_SIZE
     if written != pages.pages * memory.PAGE_SIZE:
         raise CriupyError(f"the parasite wrote {written} bytes of PID {pid}'s memory, not {pages.pages} pages")
-    log.info("%d pages written in %d us", stats.pages_written, stats.memwrite_time)
+    log.info("PID %d: %d pages written", pid, written // memory.PAGE_SIZE)
 
-    images.write("inventory", [tree.inventory_entry(ids)])
-    images.write("pstree", [tree.pstree_entry(stat, group.tids)])
     images.write(f"core-{pid}", [core_entry])
     for tid, entry in thread_cores.items():
         images.write(f"core-{tid}", [entry])
     images.write(f"ids-{pid}", [task_ids])
     images.write(f"mm-{pid}", [mm])
-    images.write(f"pagemap-{pid}", memory.pagemap_entries(pages, PAGES_ID))
-    images.write("files", files_image.entries)
+    images.write(f"pagemap-{pid}", memory.pagemap_entries(pages, pages_id))
     images.write(f"fdinfo-{task_ids.files_id}", dumped_fds.fdinfo)
     images.write(f"fs-{pid}", [fs])
-    if dumped_fds.pipe_data:
-        images.write("pipes-data", [entry for entry, _ in dumped_fds.pipe_data],
-                     payloads=[data for _, data in dumped_fds.pipe_data])
-    if dumped_fds.sk_queues:
-        images.write("sk-queues", [entry for entry, _ in dumped_fds.sk_queues],
-                     payloads=[data for _, data in dumped_fds.sk_queues])
-
+    return dumped_fds
 
 
 def _call_hook(pid, victim, function):

@@ -82,6 +82,10 @@ class FilesImage:
         self.entries = []
         self._next_id = 1
         self._by_file = {}  # (st_dev, st_ino) -> reg_file_entry of files used without an fd
+        # (pid, OpenFd, file id) of every open file description so far, over the whole tree: fds of
+        # processes that share one (dup, fork) get one id
+        self.descriptions = []
+        self.pipes_read = set()  # pipe inodes whose data is saved already
 
     def new_id(self):
         file_id = self._next_id
@@ -208,13 +212,13 @@ def inspect_fds(pid):
     return result
 
 
-def _same_description(pid, fd1, fd2):
-    """Whether two fds of the task share one open file description (dup, fork), by kcmp."""
-    result = libc.syscall(ctypes.c_long(SYS_kcmp), ctypes.c_int(pid), ctypes.c_int(pid), ctypes.c_int(KCMP_FILE),
+def _same_description(pid1, fd1, pid2, fd2):
+    """Whether two fds (of one task or two) share one open file description (dup, fork), by kcmp."""
+    result = libc.syscall(ctypes.c_long(SYS_kcmp), ctypes.c_int(pid1), ctypes.c_int(pid2), ctypes.c_int(KCMP_FILE),
                           ctypes.c_ulong(fd1), ctypes.c_ulong(fd2))
     if result < 0:
         err = ctypes.get_errno()
-        raise CriupyError(f"kcmp of fds {fd1} and {fd2} of PID {pid}: {os.strerror(err)}")
+        raise CriupyError(f"kcmp of fd {fd1} of PID {pid1} and fd {fd2} of PID {pid2}: {os.strerror(err)}")
     return result == 0
 
 
@@ -226,9 +230,11 @@ class DumpedFds:
 
 
 def dump_fds(pid, open_fds, files, steal_fds):
-    """Add every open file description to files; fdinfo entries, pipe contents and socket queues.
+    """Add every open file description not yet in files; fdinfo entries, pipe contents and socket queues.
 
     steal_fds(fds) -> criupy's copies of the task's fds (the parasite's steal_fds), for pipes and sockets.
+    A description other processes of the tree share is added once, with the data of a pipe (read
+    through the first read end found).
     """
     sockets = {}  # socket inode -> the first OpenFd of it: the fd its copy is stolen from
     for open_fd in open_fds:
@@ -245,21 +251,18 @@ def dump_fds(pid, open_fds, files, steal_fds):
 def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets):
     fdinfo = []
     sk_queues = []
-    seen = []  # (OpenFd, file id) of each open file description already in files
     pipe_readers = {}  # pipe inode -> OpenFd of the first read end: where its data is read from
     for open_fd in open_fds:
-        file_id = next((file_id for other, file_id in seen
+        file_id = next((file_id for other_pid, other, file_id in files.descriptions
                         if (other.st.st_dev, other.st.st_ino) == (open_fd.st.st_dev, open_fd.st.st_ino)
-                        and _same_description(pid, other.fd, open_fd.fd)), None)
+                        and _same_description(other_pid, other.fd, pid, open_fd.fd)), None)
         if file_id is None:
             file_id = files.new_id()
-            seen.append((open_fd, file_id))
+            files.descriptions.append((pid, open_fd, file_id))
             flags = open_fd.info.flags & ~O_CLOEXEC
             if open_fd.kind == "pipe":
                 files.add_pipe(pipe_pb2.pipe_entry(id=file_id, pipe_id=open_fd.st.st_ino, flags=flags,
                                                    fown=_no_owner()))
-                if flags & os.O_ACCMODE == os.O_RDONLY:
-                    pipe_readers.setdefault(open_fd.st.st_ino, open_fd)
             elif open_fd.kind == "unix":
                 copy = stolen_sockets[open_fd.sock.ino]
                 files.add(fdinfo_pb2.UNIXSK, "usk",
@@ -268,6 +271,10 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets):
             else:
                 path = _checked_path(f"fd {open_fd.fd}", open_fd.link, open_fd.st)
                 files.add_reg(_reg_entry(file_id, flags, open_fd.info.pos, path, open_fd.st, open_fd.info.mnt_id))
+        if (open_fd.kind == "pipe" and open_fd.info.flags & os.O_ACCMODE == os.O_RDONLY
+                and open_fd.st.st_ino not in files.pipes_read):
+            files.pipes_read.add(open_fd.st.st_ino)
+            pipe_readers[open_fd.st.st_ino] = open_fd
         fdinfo.append(fdinfo_pb2.fdinfo_entry(id=file_id, flags=FD_CLOEXEC if open_fd.info.flags & O_CLOEXEC else 0,
                                               type=FD_TYPES[open_fd.kind], fd=open_fd.fd))
     pipe_data = _pipe_contents(list(pipe_readers.items()), steal_fds) if pipe_readers else []

@@ -24,6 +24,7 @@ VMA_AREA_VDSO = 1 << 3
 VMA_AREA_HEAP = 1 << 5
 VMA_FILE_PRIVATE = 1 << 6
 VMA_FILE_SHARED = 1 << 7
+VMA_ANON_SHARED = 1 << 8
 VMA_ANON_PRIVATE = 1 << 9
 VMA_AREA_VVAR = 1 << 12
 
@@ -81,14 +82,16 @@ def check_mappings(pid):
 
 
 def _classify(pid, smaps_entry):
-    """'skip', 'vdso', 'anon', 'file' (or 'gone') for one mapping; raises for what is not supported."""
+    """'skip', 'vdso', 'anon', 'shmem', 'file' (or 'gone') for one mapping; raises for what is not supported."""
     m = smaps_entry.mapping
     if m.path in SKIPPED_AREAS:
         return "skip"
     if m.path in VDSO_AREAS:
         return "vdso"
+    if m.shared and m.path == "/dev/zero (deleted)" and m.inode:
+        return "shmem"  # MAP_SHARED|MAP_ANONYMOUS: the kernel's shmem file, one inode per mmap call
     if m.shared and (m.inode == 0 or m.path.startswith(("/dev/zero", "/SYSV", "/memfd:"))):
-        raise CriupyError(f"{describe(m)} is shared anonymous memory: not supported yet")
+        raise CriupyError(f"{describe(m)} is shared memory of a kind not supported yet")
     if any(flag in smaps_entry.vm_flags for flag in VM_FLAGS_DEVICE):
         raise CriupyError(f"{describe(m)} is device memory (VM_IO/VM_PFNMAP): not supported yet")
     if "ss" in smaps_entry.vm_flags:
@@ -136,6 +139,12 @@ def collect_vmas(pid, files):
         if kind == "vdso":
             entry.status |= VDSO_AREAS[m.path]
             entry.flags |= mmap.MAP_ANONYMOUS
+        elif kind == "shmem":
+            # shared with other processes of the tree: its pages are dumped once, by criupy.dump.shmem
+            entry.status |= VMA_ANON_SHARED
+            entry.flags |= mmap.MAP_ANONYMOUS
+            entry.shmid = m.inode
+            entry.pgoff = m.offset
         elif kind == "anon":
             entry.status |= VMA_ANON_PRIVATE | (VMA_AREA_HEAP if m.path == "[heap]" else 0)
             entry.flags |= mmap.MAP_ANONYMOUS

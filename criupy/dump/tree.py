@@ -1,16 +1,22 @@
 """The process tree: which tasks are dumped (pstree.img), the kernel objects they use (ids-PID.img), inventory.img.
 
-One process (with all its threads) for now. Objects tasks may share (mm, files table, fs, signal handlers,
-namespaces) get ids from one IdGenerator per dump, so that in a tree two tasks sharing one get the
-same id; namespaces are told apart by inode.
+The tree is the root process and its descendants, each with all its threads; zombies among them
+are recorded, not seized. Objects tasks may share (mm, files table, fs, signal handlers, namespaces)
+get ids from one IdGenerator per dump; namespaces are told apart by inode.
 """
 
+import logging
 import os
 import time
+from dataclasses import dataclass
 
 from criupy import proc
 from criupy.errors import CriupyError
 from criupy.images.pb import core_pb2, inventory_pb2, pstree_pb2
+
+log = logging.getLogger("criupy.dump")
+
+TASK_DEAD = 2  # task_core_entry.task_state of a zombie (CRIU's TASK_DEAD)
 
 IMAGES_VERSION = 2  # CRIU's CRTOOLS_IMAGES_V1_1
 NAMESPACES = (("pid", "pid_ns_id"), ("net", "net_ns_id"), ("ipc", "ipc_ns_id"), ("uts", "uts_ns_id"),
@@ -25,18 +31,107 @@ def check_task(pid):
     status = proc.status(pid)
     if status.get("Tgid") != str(pid):
         raise CriupyError(f"PID {pid} is a thread of process {status.get('Tgid')}; give the process's PID")
-    children = proc.children(pid)
-    if children:
-        raise CriupyError(f"PID {pid} has child processes ({', '.join(map(str, children))}): "
-                          f"dumping process trees is not supported yet")
     if status.get("Seccomp", "0") != "0":
         raise CriupyError(f"PID {pid} runs under seccomp: not supported yet")
     return status
 
 
-def pstree_entry(stat, tids):
+def pstree_entry(stat, tids, is_root):
     # The root of the dumped tree has no parent in it: ppid 0, as CRIU writes. tids: the leader first.
-    return pstree_pb2.pstree_entry(pid=stat.pid, ppid=0, pgid=stat.pgrp, sid=stat.session, threads=tids)
+    return pstree_pb2.pstree_entry(pid=stat.pid, ppid=0 if is_root else stat.ppid, pgid=stat.pgrp,
+                                   sid=stat.session, threads=tids)
+
+
+def zombie_core_entry(stat):
+    """A zombie's core: its state and the exit status its parent will reap (in waitpid's encoding)."""
+    task = core_pb2.task_core_entry(task_state=TASK_DEAD, exit_code=stat.exit_code, personality=0, flags=0,
+                                    blk_sigset=0, comm=stat.comm)
+    return core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64, tc=task)
+
+
+@dataclass
+class Member:
+    """One process of the frozen tree."""
+
+    pid: int
+    parent: int       # 0 for the root
+    group: object     # its seized threads (criupy.infect.threads.ThreadGroup); None for a zombie
+
+    @property
+    def zombie(self):
+        return self.group is None
+
+
+def _state(pid):
+    """'Z' for a zombie, None if gone, else the state letter."""
+    try:
+        return proc.stat(pid).state
+    except (CriupyError, FileNotFoundError):
+        return None
+
+
+class FrozenTree:
+    """The root and all its descendants, each seized (zombies only recorded), parents before children."""
+
+    def __init__(self):
+        self.members = []  # Member, parents before children
+
+    def pids(self):
+        return {m.pid for m in self.members}
+
+    def seize_all(self, root):
+        """Seize root, then every child of a seized process, until a pass over the tree finds none new.
+
+        A seized process is stopped and forks no more, so this ends even in a tree that forks all the
+        time; a child that exits before it is seized is no part of the tree, or is found as a zombie."""
+        from criupy.infect.threads import seize_threads as seize
+
+        self.members.append(Member(root, 0, seize(root)))
+        while True:
+            found = False
+            for member in list(self.members):
+                if member.zombie:
+                    continue
+                for child in proc.children(member.pid):
+                    if child in self.pids():
+                        continue
+                    found = True
+                    self._seize_child(child, member.pid, seize)
+            if not found:
+                return
+
+    def _seize_child(self, pid, parent, seize):
+        state = _state(pid)
+        if state is None:
+            return
+        if state in ("Z", "X"):
+            self.members.append(Member(pid, parent, None))
+            return
+        try:
+            group = seize(pid)
+        except CriupyError:
+            if _state(pid) in (None, "Z", "X"):
+                return  # it exited meanwhile: gone, or found as a zombie on the next pass
+            raise
+        self.members.append(Member(pid, parent, group))
+        log.debug("PID %d (child of %d) seized", pid, parent)
+
+    def cure(self):
+        """Give back every seized process as it was; the first problem is raised after all are cured."""
+        problems = []
+        for member in reversed(self.members):
+            if member.group is not None:
+                try:
+                    member.group.cure()
+                except CriupyError as e:
+                    problems.append(e)
+        if problems:
+            raise problems[0]
+
+    def kill(self):
+        for member in self.members:
+            if member.group is not None:
+                member.group.kill()
 
 
 class IdGenerator:

@@ -1,4 +1,4 @@
-"""The restore pipeline: images -> a task with its dumped PID, running the dumped code again.
+"""The restore pipeline: images -> the dumped tree of tasks with their PIDs, running the dumped code again.
 
     criupy.restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False, pie_plugin=None,
                    call_hooks=())
@@ -9,13 +9,16 @@ call_hooks: "LIB:SYMBOL" functions of the restored process, called in it before 
 
 Steps, each in its module:
   images   read and check every image (nothing is created before they pass)
-  memory   the mappings, page vectors and vDSO moves the restorer performs
-  files    open the dumped files (checked against the dump) and pipes (refilled)
-  prepare  the restorer's mapping: blob + arguments, at an address free here and in the dump
-  task     clone3 with the dumped PID, trace it through the restorer, unmap it, detach
+  memory   the mappings, page vectors and vDSO moves each task's restorer performs
+  shmem    anonymous shared memory, made once and filled, for every task that maps it
+  files    open the dumped files (checked against the dump) and pipes (refilled), once per
+           file description however many tasks share it
+  prepare  each task's restorer mapping: blob + arguments, at an address free here and in its dump
+  tree     clone3 with the dumped PIDs, parents, sessions and groups (tasks.py's clone_with_pid)
+  task     trace each task through its restorer, unmap it, detach
+A failure once tasks exist kills and reaps every one of them.
 
-One process, with all its threads (the restorer creates them), is restored for now; trees
-(issue 5) add task creation per process around the same restorer.
+Each task is restored with all its threads (its restorer creates them).
 """
 
 import logging
@@ -40,73 +43,100 @@ def restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False
 def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks):
     # Imported here: the pipeline's modules load the image schemas, which `import criupy` does not need.
     from criupy.blobs.loader import load_plugin
+    from criupy.images import ImagesDir
     from criupy.infect import hook
     from criupy.restore import prepare
     from criupy.restore.args import Args
-    from criupy.restore.files import open_files
-    from criupy.restore.images import open_pages, read_task
+    from criupy.restore.files import move_above, open_files
+    from criupy.restore.images import open_pages, read_tree
     from criupy.restore.memory import plan_memory
-    from criupy.restore.task import Restoring, clone_with_pid
+    from criupy.restore.shmem import open_shared_memory
+    from criupy.restore.task import Restoring, call_restorer
+    from criupy.restore.tree import TreeCreation, check_tree
 
     for spec in call_hooks:
         hook.parse_spec(spec)  # a malformed LIB:SYMBOL is refused before anything is made
     plugin = load_plugin(pie_plugin) if pie_plugin else None
-    task = read_task(images_dir)
-    plan = plan_memory(task)
-    opened = open_files(task)
-    log_read, log_write = os.pipe2(os.O_CLOEXEC)
-    go_read, go_write = os.pipe2(os.O_CLOEXEC)
+    tasks = read_tree(images_dir)
+    check_tree(tasks)
+    live = [task for task in tasks if not task.zombie]
+    plans = {task.pid: plan_memory(task) for task in live}
+    opened = open_files(live)
+    any_opened = opened[live[0].pid]
+    pipes = {}  # pid -> (log read, go write): criupy's ends of the task's log and go pipes
+    own_fds = {}  # pid -> (log write, go read, pages, images dir): the task's ends, held for it
+    regions = {}
     try:
-        opened.hold(log_write)
-        opened.hold(go_read)
-        pages_fd, pages_size = open_pages(images_dir, task.pages_id)
-        opened.hold(pages_fd)
-        opened.hold(os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))  # for plugin hooks
-        if pages_size != plan.pages_size:
-            raise CriupyError(f"image pages-{task.pages_id}.img is truncated or corrupt: {pages_size} bytes, "
-                              f"pagemap-{task.pid}.img describes {plan.pages_size}")
-        # The restorer's own fds sit above every fd of the dumped task and of criupy.
-        first_own_fd = max([target for _, target, _ in opened.fds] + [_highest_open_fd()]) + 1
-        opened.move_above(first_own_fd)
-        log_fd, go_fd, pages_fd, images_fd = opened.held[-4:]
-        region = prepare.build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd,
-                               verbose=log.isEnabledFor(logging.DEBUG), plugin=plugin, images_fd=images_fd)
-        region_start, region_size = region.start, region.size
-        trap, syscall = region.export("restorer_trap"), region.export("restorer_syscall")
-        own_rseq = region.args_address + Args.own_rseq.offset
+        shared_memory = open_shared_memory(ImagesDir(images_dir, "r"), live, any_opened.hold)
+        for task in live:
+            opened[task.pid].shmem_fds = dict(shared_memory)
+            log_read, log_write = os.pipe2(os.O_CLOEXEC)
+            go_read, go_write = os.pipe2(os.O_CLOEXEC)
+            pipes[task.pid] = (log_read, go_write)
+            own = own_fds[task.pid] = [any_opened.hold(log_write), any_opened.hold(go_read)]
+            pages_fd, pages_size = open_pages(images_dir, task.pages_id)
+            own.append(any_opened.hold(pages_fd))
+            own.append(any_opened.hold(os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)))  # plugins
+            if pages_size != plans[task.pid].pages_size:
+                raise CriupyError(f"image pages-{task.pages_id}.img is truncated or corrupt: {pages_size} bytes, "
+                                  f"pagemap-{task.pid}.img describes {plans[task.pid].pages_size}")
+        # The restorers' own fds sit above every fd of the dumped tasks and of criupy.
+        first_own_fd = max([target for task in live for _, target, _ in opened[task.pid].fds]
+                           + [_highest_open_fd()]) + 1
+        moved = move_above(list(opened.values()), first_own_fd)
+        for task in live:
+            log_fd, go_fd, pages_fd, images_fd = (moved[fd] for fd in own_fds[task.pid])
+            regions[task.pid] = prepare.build(task, plans[task.pid], opened[task.pid], pages_fd, log_fd, go_fd,
+                                              first_own_fd, verbose=log.isEnabledFor(logging.DEBUG),
+                                              plugin=plugin, images_fd=images_fd)
+        creation = TreeCreation(tasks, lambda task: call_restorer(regions[task.pid].entry(),
+                                                                  regions[task.pid].args_address))
+        restorings = [(Restoring(task.pid, *pipes[task.pid], regions[task.pid].export("restorer_trap"),
+                                 regions[task.pid].export("restorer_syscall"),
+                                 regions[task.pid].args_address + Args.own_rseq.offset,
+                                 thread_ids=task.thread_cores),
+                       regions[task.pid].start, regions[task.pid].size) for task in live]
         try:
-            pid = clone_with_pid(task.pid, region.entry(), region.args_address)
-        finally:
+            creation.create()
+        except BaseException:
+            creation.kill_all()
+            raise
+    except BaseException:
+        for log_read, go_write in pipes.values():
+            os.close(log_read)
+            os.close(go_write)
+        raise
+    finally:
+        any_opened.close()  # the tasks have their own copies now
+        for region in regions.values():
             region.unmap()
-    except BaseException:
-        os.close(log_read)
-        os.close(go_write)
-        raise
-    finally:
-        opened.close()  # the task has its own copies now
 
-    restoring = Restoring(pid, log_read, go_write, trap, syscall, own_rseq, thread_ids=task.thread_cores)
     try:
-        restoring.run_to_dumped_code()
-        for line in restoring.restorer_log().splitlines():  # the restorer's and the plugin's lines
-            log.info("%s", line)
-        for spec in call_hooks:
-            function = hook.find_function(pid, spec)
-            log.info("calling %s at %#x (%s) in PID %d", spec, function.address, function.first_instruction, pid)
-            restoring.call_hook(function)
-        restoring.unmap_restorer_and_detach(region_start, region_size)
+        for restoring, region_start, region_size in restorings:
+            restoring.run_to_dumped_code()
+            for line in restoring.restorer_log().splitlines():  # the restorer's and the plugin's lines
+                log.info("%s", line)
+            if restoring.pid == tasks[0].pid:  # hooks run in the root
+                for spec in call_hooks:
+                    function = hook.find_function(restoring.pid, spec)
+                    log.info("calling %s at %#x (%s) in PID %d", spec, function.address, function.first_instruction,
+                             restoring.pid)
+                    restoring.call_hook(function)
+            restoring.unmap_restorer_and_detach(region_start, region_size)
     except BaseException:
-        restoring.kill()
+        creation.kill_all()
         raise
     finally:
-        os.close(log_read)
-        os.close(go_write)
-    log.info("restored PID %d", pid)
+        for log_read, go_write in pipes.values():
+            os.close(log_read)
+            os.close(go_write)
+    root = tasks[0].pid
+    log.info("restored PID %d%s", root, f" and {len(tasks) - 1} more processes" if len(tasks) > 1 else "")
 
     if pidfile:
         with open(pidfile, "w") as f:
-            f.write(f"{pid}\n")
+            f.write(f"{root}\n")
     if detach:
-        return pid
-    _, status = os.waitpid(pid, 0)
+        return root
+    _, status = os.waitpid(root, 0)
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)

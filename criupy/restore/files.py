@@ -26,10 +26,12 @@ STATUS_FLAGS = os.O_APPEND | os.O_NONBLOCK | os.O_ASYNC | os.O_DIRECT | os.O_NOA
 
 @dataclass
 class OpenedFiles:
-    """fds criupy holds for the restorer. close() releases all of them."""
+    """fds criupy holds for one task's restorer. The tasks of a tree share one `held` list: close() on
+    any of them releases every fd of all."""
 
     fds: list = field(default_factory=list)           # (source fd, target fd, cloexec)
     mapping_fds: dict = field(default_factory=dict)   # files.img id -> fd, for file mappings
+    shmem_fds: dict = field(default_factory=dict)     # shmid -> fd, for anonymous shared memory
     exe_fd: int = -1                                  # -1: /proc/PID/exe is right already
     cwd_fd: int = -1
     root_fd: int = -1
@@ -39,15 +41,10 @@ class OpenedFiles:
         self.held.append(fd)
         return fd
 
-    def move_above(self, base):
-        """Renumber every held fd to base or above, so none collides with a dumped fd number."""
-        moved = {}
-        for fd in self.held:
-            moved[fd] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base)
-            os.close(fd)
-        self.held = list(moved.values())
+    def _renumber(self, moved):
         self.fds = [(moved[source], target, cloexec) for source, target, cloexec in self.fds]
         self.mapping_fds = {file_id: moved[fd] for file_id, fd in self.mapping_fds.items()}
+        self.shmem_fds = {shmid: moved[fd] for shmid, fd in self.shmem_fds.items()}
         for name in ("exe_fd", "cwd_fd", "root_fd"):
             setattr(self, name, moved.get(getattr(self, name), -1))
 
@@ -55,6 +52,19 @@ class OpenedFiles:
         for fd in self.held:
             os.close(fd)
         self.held.clear()
+
+
+def move_above(opened_list, base):
+    """Renumber every held fd to base or above, so none collides with a dumped fd number; old -> new."""
+    held = opened_list[0].held
+    moved = {}
+    for fd in held:
+        moved[fd] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base)
+        os.close(fd)
+    held[:] = moved.values()
+    for opened in opened_list:
+        opened._renumber(moved)
+    return moved
 
 
 def _path(reg):
@@ -127,13 +137,22 @@ def _open_pipes(task, opened):
     return pipes
 
 
-def open_files(task):
-    """Open everything the restorer needs; the caller closes the OpenedFiles once the task has them."""
-    opened = OpenedFiles()
+def open_files(tasks):
+    """Open everything the tasks' restorers need: {pid: OpenedFiles}, sharing one held list (close()
+    on any releases all, once the tasks have their copies). A file description several tasks share
+    (one files.img id) is opened once and given to each."""
+    held = []
+    opened = {task.pid: OpenedFiles(held=held) for task in tasks}
     try:
-        _open_all(task, opened)
+        # files.img, pipes-data and sk-queues are the tree's: pipes and socket pairs are made once
+        pipes = _open_pipes(tasks[0], opened[tasks[0].pid])
+        sockets = _open_socket_pairs(tasks[0], opened[tasks[0].pid])
+        by_file_id = {}
+        for task in tasks:
+            _open_all(task, opened[task.pid], pipes, sockets, by_file_id)
     except BaseException:
-        opened.close()
+        for fd in held:
+            os.close(fd)
         raise
     return opened
 
@@ -152,10 +171,7 @@ def _open_socket_pairs(task, opened):
     return fds
 
 
-def _open_all(task, opened):
-    pipes = _open_pipes(task, opened)
-    sockets = _open_socket_pairs(task, opened)
-    by_file_id = {}
+def _open_all(task, opened, pipes, sockets, by_file_id):
     for fdinfo in sorted(task.fdinfo, key=lambda e: e.fd):
         source = by_file_id.get(fdinfo.id)
         if source is None:

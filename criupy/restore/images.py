@@ -1,7 +1,8 @@
-"""The images of one dumped task, read and checked before anything is created.
+"""The images of a dumped tree of tasks, read and checked before anything is created.
 
 Every image the restore needs is read here, once, so that a missing, truncated or corrupt one stops
 the restore with a one-line CriupyError before a process exists. Images are opened read-only.
+files.img and pipes-data.img belong to the whole tree: every task's DumpedTask refers to the same.
 """
 
 import os
@@ -12,26 +13,37 @@ from criupy.images import ImagesDir
 from criupy.images.pb import core_pb2
 
 PAGE_SIZE = 4096
+TASK_DEAD = 2  # task_core_entry.task_state of a zombie
+PID_MAX = 1 << 22
 
 
 @dataclass
 class DumpedTask:
-    """What the images say about one task (a process and its threads)."""
+    """What the images say about one task, a process and its threads (a zombie has only its pstree
+    entry and core)."""
 
     pid: int
-    ppid: int
+    ppid: int             # 0 for the root of the tree
     pgid: int
     sid: int
     core: object          # core_entry
-    mm: object            # mm_entry
-    pagemap: list         # pagemap_entry, in the order of the pages image
-    pages_id: int         # pages-<pages_id>.img holds the page contents
-    fdinfo: list          # fdinfo_entry
-    files: dict           # file id -> file_entry (files.img)
-    fs: object            # fs_entry
-    pipe_data: dict = field(default_factory=dict)  # pipe_id -> (pipe_data_entry, bytes)
-    sk_queues: dict = field(default_factory=dict)  # socket file id -> [bytes of each queued message]
+    mm: object = None     # mm_entry
+    pagemap: list = field(default_factory=list)   # pagemap_entry, in the order of the pages image
+    pages_id: int = 0     # pages-<pages_id>.img holds the page contents
+    fdinfo: list = field(default_factory=list)    # fdinfo_entry
+    files: dict = field(default_factory=dict)     # file id -> file_entry (files.img, the tree's)
+    fs: object = None     # fs_entry
+    pipe_data: dict = field(default_factory=dict)  # pipe_id -> (pipe_data_entry, bytes), the tree's
+    sk_queues: dict = field(default_factory=dict)  # socket file id -> [bytes of each queued message], the tree's
     thread_cores: dict = field(default_factory=dict)  # TID -> core_entry of each thread but the leader
+
+    @property
+    def zombie(self):
+        return self.core.tc.task_state == TASK_DEAD
+
+    @property
+    def exit_code(self):
+        return self.core.tc.exit_code
 
 
 def _read(images, name, required=True):
@@ -78,8 +90,8 @@ def _check_mm(mm, pid):
         raise CriupyError(f"image {name} is corrupt: no mappings")
 
 
-def read_task(images_dir):
-    """Read and check the images of the single task dumped in images_dir."""
+def read_tree(images_dir):
+    """Read and check the images of every task dumped in images_dir: DumpedTask list, parents first."""
     if not os.path.isdir(images_dir):
         raise CriupyError(f"no images directory {images_dir}")
     images = ImagesDir(images_dir, "r")
@@ -87,30 +99,7 @@ def read_task(images_dir):
     tree = _read(images, "pstree")
     if not tree:
         raise CriupyError("image pstree.img is corrupt: it lists no process")
-    if len(tree) > 1:
-        raise CriupyError("restoring a tree of processes is not supported yet")
-    root = tree[0]
-    pid = root.pid
-    if not 0 < pid < 1 << 22:
-        raise CriupyError(f"image pstree.img is corrupt: PID {pid}")
-    tids = list(root.threads) or [pid]
-    if tids[0] != pid or len(set(tids)) != len(tids) or not all(0 < tid < 1 << 22 for tid in tids):
-        raise CriupyError(f"image pstree.img is corrupt: threads {tids} of PID {pid}")
-
-    core = _one(images, f"core-{pid}")
-    _check_core(core, pid)
-    thread_cores = {}
-    for tid in tids[1:]:
-        thread_cores[tid] = _one(images, f"core-{tid}")
-        _check_core(thread_cores[tid], tid, leader=False)
-    ids = _one(images, f"ids-{pid}")
-    mm = _one(images, f"mm-{pid}")
-    _check_mm(mm, pid)
-
-    pagemap = _read(images, f"pagemap-{pid}")
-    if not pagemap:
-        raise CriupyError(f"image pagemap-{pid}.img is corrupt: it has no header")
-    head, entries = pagemap[0], pagemap[1:]
+    _check_tree(tree)
 
     files = {}
     for entry in _read(images, "files", required=False):
@@ -121,29 +110,53 @@ def read_task(images_dir):
             raise CriupyError(f"image pipes-data.img is truncated: pipe {entry.pipe_id} has {len(data)} of "
                               f"{entry.bytes} bytes")
         pipe_data[entry.pipe_id] = (entry, data)
-
     sk_queues = {}
     for entry, data in _read_with_payloads(images, "sk-queues"):
         if len(data) != entry.length:
             raise CriupyError(f"image sk-queues.img is truncated: a message of {len(data)} of {entry.length} bytes")
         sk_queues.setdefault(entry.id_for, []).append(data)
+    return [_read_task(images, entry, files, pipe_data, sk_queues) for entry in tree]
 
-    return DumpedTask(
-        pid=pid,
-        ppid=root.ppid,
-        pgid=root.pgid,
-        sid=root.sid,
-        core=core,
-        mm=mm,
-        pagemap=entries,
-        pages_id=head.pages_id,
-        fdinfo=_read(images, f"fdinfo-{ids.files_id}"),
-        files=files,
-        fs=_one(images, f"fs-{pid}"),
-        pipe_data=pipe_data,
-        sk_queues=sk_queues,
-        thread_cores=thread_cores,
-    )
+
+def _check_tree(tree):
+    pids = set()
+    for i, entry in enumerate(tree):
+        if not 0 < entry.pid < PID_MAX or entry.pid in pids:
+            raise CriupyError(f"image pstree.img is corrupt: PID {entry.pid}")
+        tids = list(entry.threads) or [entry.pid]
+        if tids[0] != entry.pid or len(set(tids)) != len(tids) or not all(0 < tid < PID_MAX for tid in tids):
+            raise CriupyError(f"image pstree.img is corrupt: threads {tids} of PID {entry.pid}")
+        if (entry.ppid == 0) != (i == 0) or (i and entry.ppid not in pids):
+            raise CriupyError(f"image pstree.img is corrupt: PID {entry.pid} comes before its parent "
+                              f"{entry.ppid} or is a second root")
+        pids.add(entry.pid)
+
+
+def _read_task(images, entry, files, pipe_data, sk_queues):
+    pid = entry.pid
+    core = _one(images, f"core-{pid}")
+    if not core.HasField("tc"):
+        raise CriupyError(f"image core-{pid}.img is corrupt: it has no task state")
+    task = DumpedTask(pid=pid, ppid=entry.ppid, pgid=entry.pgid, sid=entry.sid, core=core)
+    if task.zombie:
+        return task
+    _check_core(core, pid)
+    for tid in list(entry.threads)[1:]:
+        task.thread_cores[tid] = _one(images, f"core-{tid}")
+        _check_core(task.thread_cores[tid], tid, leader=False)
+    ids = _one(images, f"ids-{pid}")
+    task.mm = _one(images, f"mm-{pid}")
+    _check_mm(task.mm, pid)
+    pagemap = _read(images, f"pagemap-{pid}")
+    if not pagemap:
+        raise CriupyError(f"image pagemap-{pid}.img is corrupt: it has no header")
+    task.pages_id, task.pagemap = pagemap[0].pages_id, pagemap[1:]
+    task.fdinfo = _read(images, f"fdinfo-{ids.files_id}")
+    task.fs = _one(images, f"fs-{pid}")
+    task.files = files
+    task.pipe_data = pipe_data
+    task.sk_queues = sk_queues
+    return task
 
 
 def _read_with_payloads(images, name):

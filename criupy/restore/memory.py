@@ -55,6 +55,7 @@ class Mapping:
     flags: int
     file_id: int | None  # None: anonymous
     shared: bool
+    shmem_id: int | None  # anonymous shared memory: mapped from the region criupy.restore.shmem makes
     madv: int
     fill: bool = False   # pages of pages-N.img go in
 
@@ -101,16 +102,20 @@ def plan_memory(task):
             raise CriupyError(f"{name}: mapping {vma.start:#x}-{vma.end:#x} is not restorable "
                               f"(status {vma.status:#x})")
         file_backed = bool(vma.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED))
+        shared_anonymous = bool(vma.status & VMA_ANON_SHARED)
         flags = vma.flags & MAP_KEPT
-        if file_backed:
+        if shared_anonymous:
+            flags = flags & ~mmap.MAP_ANONYMOUS | mmap.MAP_SHARED
+        elif file_backed:
             flags &= ~mmap.MAP_ANONYMOUS
             if vma.shmid not in task.files:
                 raise CriupyError(f"{name}: mapping {vma.start:#x} names file {vma.shmid}, not in files.img")
         else:
             flags |= mmap.MAP_ANONYMOUS
         mappings.append(Mapping(
-            start=vma.start, end=vma.end, pgoff=vma.pgoff if file_backed else 0, prot=vma.prot, flags=flags,
-            file_id=vma.shmid if file_backed else None, shared=bool(flags & mmap.MAP_SHARED),
+            start=vma.start, end=vma.end, pgoff=vma.pgoff if file_backed or shared_anonymous else 0, prot=vma.prot,
+            flags=flags, file_id=vma.shmid if file_backed else None, shared=bool(flags & mmap.MAP_SHARED),
+            shmem_id=vma.shmid if shared_anonymous else None,
             madv=vma.madv if vma.HasField("madv") else 0,
         ))
     iovecs, pages_size = _page_vectors(task, mappings)

@@ -33,6 +33,12 @@ def _sigactions(core, pid):
     return dict(zip(numbers, entries))
 
 
+def _mapping_fd(mapping, opened):
+    if mapping.shmem_id is not None:
+        return opened.shmem_fds[mapping.shmem_id]
+    return -1 if mapping.file_id is None else opened.mapping_fds[mapping.file_id]
+
+
 def _checked_signals(queue, tid, thread_wide):
     """[(thread_wide, siginfo)] of a signal_queue_entry, each siginfo checked."""
     signals = [(thread_wide, s.siginfo) for s in queue.signals]
@@ -138,7 +144,7 @@ def _fill(region, task, plan, opened, leader, others, signals, timers, groups, p
 
     a.vmas = region.array(rst.Vma, (
         dict(start=m.start, end=m.end, pgoff=m.pgoff, prot=m.prot, flags=m.flags,
-             fd=-1 if m.file_id is None else opened.mapping_fds[m.file_id], fill=int(m.fill), madv=m.madv)
+             fd=_mapping_fd(m, opened), fill=int(m.fill), madv=m.madv)
         for m in plan.mappings))
     a.nr_vmas = len(plan.mappings)
     a.iovs = region.array(rst.Iovec, (dict(base=base, len=length) for base, length in plan.iovecs))
@@ -156,8 +162,10 @@ def _fill(region, task, plan, opened, leader, others, signals, timers, groups, p
     a.umask = task.fs.umask if task.fs.HasField("umask") else 0o022
     a.personality = core.tc.personality
     a.cwd_fd, a.root_fd = opened.cwd_fd, opened.root_fd
-    a.new_session = int(task.sid == task.pid)
-    a.pgid = task.pgid if task.pgid == task.pid or task.sid != task.pid else 0
+    # criupy.restore.tree made a session leader (and a group leader) what it was before the task
+    # created its children; a task joins another's group here, once all exist
+    a.new_session = 0
+    a.pgid = task.pgid if task.sid != task.pid else 0
 
     mm = task.mm
     auxv = list(mm.mm_saved_auxv)

@@ -47,10 +47,16 @@ def _is_zombie(pid):
         return False  # gone by now: try again
 
 
-def clone_with_pid(pid, entry, args_address):
-    """Create a child with PID pid that calls entry(args_address); returns in criupy with the PID.
+def call_restorer(entry, args_address):
+    """Jump into the restorer at entry with its argument area (in the new task; never returns)."""
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p)(entry)(args_address)
 
-    Every signal is blocked around clone3, so no Python handler ever runs in the child.
+
+def clone_with_pid(pid, run_in_child):
+    """Create a child with PID pid that runs run_in_child() (which must not return); returns the PID.
+
+    Every signal is blocked around clone3, so no Python handler ever runs in the child, which keeps
+    them all blocked.
     """
     tid = ctypes.c_int(pid)
     # struct clone_args up to set_tid_size: flags, pidfd, child_tid, parent_tid, exit_signal, stack,
@@ -58,14 +64,13 @@ def clone_with_pid(pid, entry, args_address):
     clone_args = ctypes.create_string_buffer(
         struct.pack("<10Q", 0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, ctypes.addressof(tid), 1)
     )
-    call_restorer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(entry)
     deadline = time.monotonic() + ZOMBIE_WAIT_SECONDS
     while True:
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         child = libc.syscall(ctypes.c_long(SYS_clone3), clone_args, ctypes.c_size_t(80))
         if child == 0:
             try:
-                call_restorer(args_address)  # never returns
+                run_in_child()
             finally:
                 os._exit(127)
         err = ctypes.get_errno()
@@ -220,10 +225,19 @@ class Restoring:
         regs.rdi = start
         regs.rsi = size
         trace.ptrace_setregs(self.pid, regs)
-        for _ in range(2):  # to the entry stop, then to the exit stop
+        # A signal pending once the dumped mask is back (one queued by the restorer, a child's SIGCHLD)
+        # stops the task first: it is held back and handed over by the detach.
+        held_signal = 0
+        syscall_stops = 0
+        while syscall_stops < 2:  # to the entry stop, then to the exit stop
             trace.request(PTRACE_SYSCALL, self.pid, 0, 0)
-            if os.WSTOPSIG(self._wait()) != SYSCALL_STOP:
-                raise self._failure("unmapping the restorer was interrupted")
+            sig = os.WSTOPSIG(self._wait())
+            if sig == SYSCALL_STOP:
+                syscall_stops += 1
+            elif syscall_stops == 0 and not held_signal and sig not in (signal.SIGSTOP, signal.SIGTRAP):
+                held_signal = sig
+            else:
+                raise self._failure(f"unmapping the restorer was interrupted by {signal.Signals(sig).name}")
         result = trace.ptrace_getregs(self.pid).rax
         if result:
             raise self._failure(f"unmapping the restorer failed: errno {-ctypes.c_long(result).value}")
@@ -231,7 +245,7 @@ class Restoring:
         for tid in self.thread_ids:
             trace.request(trace.PTRACE_DETACH, tid, 0, 0)
         self.traced_threads = []
-        trace.request(trace.PTRACE_DETACH, self.pid, 0, 0)
+        trace.request(trace.PTRACE_DETACH, self.pid, 0, held_signal)  # with its siginfo
         for sig in self.held_signals:
             os.kill(self.pid, sig)
 

@@ -1,0 +1,290 @@
+"""Process trees: dump and restore a root with its descendants, what they share, zombies, failures."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from criupy import proc
+from criupy.dump import dump
+from criupy.errors import CriupyError
+from criupy.images import ImagesDir
+from criupy.restore import restore
+from criupy.restore.task import clone_with_pid
+
+QUIET = dict(stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+WALL = 0x40000000
+
+
+def wait_for(condition, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def tree_of(root):
+    """{pid: (ppid, pgid, sid, zombie)} of root and its descendants."""
+    result = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        stat = proc.stat(pid)
+        result[pid] = (stat.ppid, stat.pgrp, stat.session, stat.state == "Z")
+        todo += proc.children(pid)
+    return result
+
+
+def reap_dumped(pids):
+    """The dump killed the tree: reap whatever of it became ours (tests run as a child subreaper)."""
+    for pid in pids:
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG | WALL)
+            except ChildProcessError:
+                pass
+            time.sleep(0.005)
+        assert not os.path.exists(f"/proc/{pid}"), f"PID {pid} of the dumped tree is still there"
+
+
+def descendants_now(root):
+    """root and its descendants, as far as they can be listed (processes may end meanwhile)."""
+    found = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        try:
+            todo += proc.children(pid)
+        except CriupyError:
+            pass
+    return found
+
+
+@pytest.fixture
+def trees():
+    """Roots of trees the test made (or restored): at teardown every process of each is killed and reaped."""
+    roots = []
+    yield roots
+    for root in roots:
+        try:
+            os.kill(root, signal.SIGSTOP)  # forks no more
+        except ProcessLookupError:
+            continue
+        pids = descendants_now(root)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        reap_dumped(pids)
+
+
+def lines(path):
+    return path.read_text().splitlines()
+
+
+def numbered(path, tag):
+    return [int(line.split()[1]) for line in lines(path) if line.split()[0] == tag]
+
+
+def assert_untraced_and_running(pid):
+    status = proc.status(pid)
+    assert status["TracerPid"] == "0"
+    assert status["State"][0] in "RSD"
+
+
+def start_tree(victim, processes, trees, tmp_path):
+    output = tmp_path / "tree.out"
+    with open(output, "w") as out:  # one description for the whole tree, without O_APPEND: one offset
+        root = processes.start([victim("tree")], stdout=out, start_new_session=True, **QUIET)
+    trees.append(root.pid)
+    wait_for(lambda: any(line.startswith("ready") for line in lines(output)), "the tree to start")
+    zombie = int(next(line for line in lines(output) if line.startswith("ready")).split()[1])
+    return root, output, zombie
+
+
+def dump_tree(root, images):
+    """Dump the tree of root (a Popen) into images; the killed processes reaped. Its layout before."""
+    before = tree_of(root.pid)
+    dump(root.pid, str(images))
+    root.wait()
+    reap_dumped(before)
+    return before
+
+
+def test_tree_with_pipes_shared_memory_groups_sessions_and_a_zombie(victim, processes, trees, tmp_path):
+    root, output, zombie = start_tree(victim, processes, trees, tmp_path)
+    images = tmp_path / "images"
+    before = dump_tree(root, images)
+    assert len(before) == 6 and before[zombie][3]
+    assert len({(pgid, sid) for _, pgid, sid, _ in before.values()}) == 3  # the victim is what it says
+    dumped = len(lines(output))
+
+    d = ImagesDir(str(images), "r")
+    assert len([n for n in d.names() if n.startswith("pagemap-shmem-")]) == 1  # the turn page, once
+    out_entries = [e for e in d.read("files") if e.HasField("reg") and e.reg.name == str(output)]
+    assert len(out_entries) == 1  # stdout: one description shared by all six
+    assert any(entry.bytes for entry, _ in d.read_with_payloads("pipes-data"))  # C1's pipe held data
+
+    for pid in before:
+        processes.track(pid)
+    assert restore(str(images), detach=True) == root.pid
+    assert tree_of(root.pid) == before  # PIDs, parents, groups, sessions, and the zombie
+
+    counts = {tag: len(numbered(output, tag)) for tag in ("c1", "p", "c3", "turn")}
+    wait_for(lambda: all(len(numbered(output, tag)) > count + 50 for tag, count in counts.items()),
+             "every process to go on")
+    assert len(lines(output)) > dumped
+    assert not [line for line in lines(output) if "BAD" in line]
+    for tag in ("c1", "p", "c3"):  # pipe traffic goes on: no gap, no repeat
+        numbers = numbered(output, tag)
+        assert numbers == list(range(len(numbers))), tag
+    turns = sorted(numbered(output, "turn"))  # P and G take turns through the shared page
+    assert turns == list(range(1, len(turns) + 1))
+
+    # the zombie is reaped with the status it had
+    os.kill(root.pid, signal.SIGUSR1)
+    wait_for(lambda: any(line.startswith("reaped") for line in lines(output)), "the zombie to be reaped")
+    reaped = next(line for line in lines(output) if line.startswith("reaped")).split()
+    assert int(reaped[1]) == zombie
+    assert os.WIFEXITED(int(reaped[2])) and os.WEXITSTATUS(int(reaped[2])) == 7
+
+
+def test_restored_tree_shares_memory_and_file_descriptions(victim, processes, trees, tmp_path):
+    root, output, _ = start_tree(victim, processes, trees, tmp_path)
+    images = tmp_path / "images"
+    before = dump_tree(root, images)
+    for pid in before:
+        processes.track(pid)
+    restore(str(images), detach=True)
+
+    live = [pid for pid, (_, _, _, zombie) in before.items() if not zombie]
+    shared = {pid: [(m.dev_major, m.dev_minor, m.inode) for m in proc.maps(pid) if m.path == "/dev/zero (deleted)"]
+              for pid in live}
+    assert len({tuple(s) for s in shared.values()}) == 1 and shared[root.pid]  # one region, in every process
+    stdout = {pid: os.stat(f"/proc/{pid}/fd/1").st_ino for pid in live}
+    assert len(set(stdout.values())) == 1
+    # one description: the offset of fd 1 is the same in every process
+    try:
+        positions = set()
+        for pid in live:
+            os.kill(pid, signal.SIGSTOP)
+        for pid in live:
+            positions.add(proc.fdinfo(pid, 1).pos)
+        assert len(positions) == 1
+    finally:
+        for pid in live:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_tree_forking_every_millisecond_freezes_dumps_and_restores(victim, processes, trees, tmp_path):
+    output = tmp_path / "forker.out"
+    with open(output, "w") as out:
+        root = processes.start([victim("forker")], stdout=out, **QUIET)
+    trees.append(root.pid)
+    wait_for(lambda: len(lines(output)) > 100, "the forker to start")
+    images = tmp_path / "images"
+    dump(root.pid, str(images))
+    root.wait()
+    dumped = [e.pid for e in ImagesDir(str(images), "r").read("pstree")]
+    reap_dumped(dumped)
+    assert dumped[0] == root.pid
+
+    for pid in dumped:
+        processes.track(pid)
+    assert restore(str(images), detach=True) == root.pid
+    count = len(lines(output))
+    wait_for(lambda: len(lines(output)) > count + 200, "the forker to go on")
+    assert not [line for line in lines(output) if "BAD" in line]
+    forks = [int(line.split()[0]) for line in lines(output)]
+    assert forks == list(range(len(forks)))
+    reaped = [int(line.split()[1]) for line in lines(output)]
+    assert reaped[-1] >= forks[-1] - 10  # children restored or forked since all end and are reaped
+
+
+MULTIPROCESSING = """
+import multiprocessing, sys, time
+
+def square(requests, replies):
+    while True:
+        n = requests.recv()
+        replies.send((n, n * n))
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    workers = []
+    for _ in range(2):  # each with its own pair of pipes: a pipe has one reader
+        requests_read, requests_write = ctx.Pipe(duplex=False)
+        replies_read, replies_write = ctx.Pipe(duplex=False)
+        ctx.Process(target=square, args=(requests_read, replies_write)).start()
+        workers.append((requests_write, replies_read))
+    n = 0
+    while True:
+        requests, replies = workers[n % 2]
+        requests.send(n)
+        got, squared = replies.recv()
+        print(got, squared, flush=True)
+        n += 1
+        time.sleep(0.005)
+"""
+
+
+def test_cpython_multiprocessing_carries_on(processes, trees, tmp_path):
+    output = tmp_path / "mp.out"
+    with open(output, "w") as out:
+        root = processes.start([sys.executable, "-c", MULTIPROCESSING], stdout=out, **QUIET)
+    trees.append(root.pid)
+    wait_for(lambda: len(lines(output)) > 20, "the workers to start")
+    images = tmp_path / "images"
+    before = dump_tree(root, images)
+    assert len(before) == 3
+    for pid in before:
+        processes.track(pid)
+    restore(str(images), detach=True)
+    assert tree_of(root.pid) == before
+    count = len(lines(output))
+    wait_for(lambda: len(lines(output)) > count + 50, "the program to go on")
+    pairs = [tuple(map(int, line.split())) for line in lines(output)]
+    assert pairs == [(n, n * n) for n in range(len(pairs))]
+
+
+def test_a_dump_failing_while_the_tree_is_stopped_resumes_every_process(victim, processes, trees, tmp_path, monkeypatch):
+    from criupy.dump import shmem
+
+    root, output, _ = start_tree(victim, processes, trees, tmp_path)
+    before = tree_of(root.pid)
+
+    def broken(self, images, first_pages_id):
+        raise CriupyError("shared memory broke")
+
+    monkeypatch.setattr(shmem.SharedMemory, "dump", broken)
+    with pytest.raises(CriupyError, match="^shared memory broke$"):
+        dump(root.pid, str(tmp_path / "images"))
+    assert tree_of(root.pid) == before
+    for pid, (_, _, _, zombie) in before.items():
+        if not zombie:
+            assert_untraced_and_running(pid)
+    count = len(lines(output))
+    wait_for(lambda: len(lines(output)) > count + 50, "the tree to go on")
+    assert not os.path.exists(tmp_path / "images") or not os.listdir(tmp_path / "images")
+
+
+def test_a_restore_failing_half_way_leaves_no_process(victim, processes, trees, tmp_path):
+    root, output, _ = start_tree(victim, processes, trees, tmp_path)
+    images = tmp_path / "images"
+    before = dump_tree(root, images)
+
+    # the grandchild's PID is taken: its parent cannot create it, after four others exist
+    grandchild = next(pid for pid, (ppid, *_) in before.items() if ppid not in (root.pid, 0) and ppid in before)
+    blocker = processes.track(clone_with_pid(grandchild, lambda: os.execv("/bin/sleep", ["sleep", "1000"])))
+    with pytest.raises(CriupyError, match=rf"^restoring PID \d+: PID {grandchild} is in use$"):
+        restore(str(images), detach=True)
+    for pid in before:
+        if pid != blocker:
+            assert not os.path.exists(f"/proc/{pid}"), f"PID {pid} was left behind"
