@@ -74,6 +74,9 @@ def test_plugin_file_holds_its_hooks_and_loads(plugin):
     blob = load_plugin(plugin("marker"))
     assert set(blob.exports) == {"criupy_hook_post_restore_vmas", "criupy_hook_pre_sigreturn"}
     assert set(load_plugin(plugin("failing")).exports) == {"criupy_hook_pre_sigreturn"}
+    listing = run("blobgen.cli", "--disasm", plugin("marker")).stdout
+    assert "criupy_hook_pre_sigreturn:" in listing and "criupy_hook_post_restore_vmas:" in listing
+    assert re.search(r"section \.rodata .* \(data\)", listing) and "|plugin-marker" in listing
 
 
 def test_plugin_with_an_undefined_symbol_is_refused_naming_it(tmp_path):
@@ -246,11 +249,11 @@ def test_call_hook_runs_once_in_the_target_at_dump_and_at_restore(victim, proces
 def test_failing_hook_at_dump_leaves_the_target_running_and_no_images(victim, processes, hooklib, tmp_path):
     counter, output = hooked_counter(victim, processes, hooklib, tmp_path)
     images = tmp_path / "images"
-    line = one_error_line(run("criupy", "dump", "-t", counter.pid, "-D", images,
-                              "--call-hook", "hooklib.so:failing_hook"))
-    assert "hooklib.so:failing_hook" in line and "returned 3" in line
-    assert_running_untraced(counter.pid, output)
-    assert not images.exists() or os.listdir(images) == []
+    for spec, named in (("hooklib.so:failing_hook", "returned 3"), ("hooklib.so:crashing_hook", "SIGSEGV")):
+        line = one_error_line(run("criupy", "dump", "-t", counter.pid, "-D", images, "--call-hook", spec))
+        assert spec in line and named in line
+        assert_running_untraced(counter.pid, output)
+        assert os.listdir(images) == []
     with pytest.raises(CriupyError, match="returned 3"):
         dump(counter.pid, str(images), call_hooks=["hooklib.so:failing_hook"])
     assert_running_untraced(counter.pid, output)
@@ -275,7 +278,8 @@ def test_failing_or_missing_hook_at_restore_leaves_nothing_behind(victim, proces
     counter.wait()
     before = tree_bytes(images)
     printed = output.read_text()
-    for spec, named in (("hooklib.so:failing_hook", "returned 3"), ("hooklib.so:nosuch", "nosuch")):
+    for spec, named in (("hooklib.so:failing_hook", "returned 3"), ("hooklib.so:crashing_hook", "SIGSEGV"),
+                        ("hooklib.so:nosuch", "nosuch")):
         line = one_error_line(run("criupy", "restore", "-D", images, "-d", "--call-hook", spec))
         assert named in line
         assert not os.path.exists(f"/proc/{counter.pid}")

@@ -4,7 +4,7 @@
  *
  * pre_restore() re-opens that log file on the same fd (what a program does after its log was moved)
  * and writes "pre_restore pid PID stack ADDRESS" (ADDRESS: a local variable, so on the stack the hook
- * ran on). failing_hook() returns 3 and does nothing else.
+ * ran on). failing_hook() returns 3 and does nothing else; crashing_hook() writes to address 0.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -44,4 +44,10 @@ int pre_restore(void)
 int failing_hook(void)
 {
 	return 3;
+}
+
+int crashing_hook(void)
+{
+	*(volatile int *)0 = 1;
+	return 0;
 }
