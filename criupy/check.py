@@ -55,22 +55,9 @@ def probe_ptrace_seize():
     return "seize, interrupt and detach work"
 
 
-def _free_pid():
-    """A PID above the last one handed out that no process holds now."""
-    with open("/proc/sys/kernel/ns_last_pid") as f:
-        candidate = int(f.read()) + 1000
-    with open("/proc/sys/kernel/pid_max") as f:
-        pid_max = int(f.read())
-    while os.path.exists(f"/proc/{candidate}"):
-        candidate += 1
-    if candidate >= pid_max:
-        raise OSError(0, "no free PID to try")
-    return candidate
-
-
 def probe_clone3_set_tid():
     # struct clone_args up to set_tid_size (CLONE_ARGS_SIZE_VER1 = 80 bytes)
-    wanted = _free_pid()
+    wanted = proc.unused_pid()
     tid_array = ctypes.c_int(wanted)
     args = struct.pack(
         "<10Q", 0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, ctypes.addressof(tid_array), 1

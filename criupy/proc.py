@@ -245,3 +245,17 @@ def oom_score_adj(pid):
 def loginuid(pid):
     """The audit login uid (4294967295 when unset)."""
     return int(_read_text(pid, "loginuid"))
+
+
+def unused_pid():
+    """A PID some way ahead of the last one handed out that no process holds now (for clone3's set_tid)."""
+    with open("/proc/sys/kernel/ns_last_pid") as f:
+        last = int(f.read())
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
+    # The kernel hands PIDs out upwards and wraps round to 300 (those below are reserved): so do we.
+    for step in range(1000, 1000 + pid_max):
+        candidate = 300 + (last + step - 300) % (pid_max - 300)
+        if not os.path.exists(f"/proc/{candidate}"):
+            return candidate
+    raise CriupyError("no unused PID left")

@@ -25,14 +25,6 @@ PIE_INCLUDE_DIR = os.path.join(os.path.dirname(__file__), "..", "blobgen", "pie"
 SPECIAL_PATHS = ("[vvar]", "[vvar_vclock]", "[vdso]")
 
 
-def _free_pid():
-    with open("/proc/sys/kernel/ns_last_pid") as f:
-        candidate = int(f.read()) + 500
-    while os.path.exists(f"/proc/{candidate}"):
-        candidate += 1
-    return candidate
-
-
 def test_argument_layout_matches_restorer_h(tmp_path):
     """Every offset the Python side writes is where the C restorer reads it."""
     fields = [name for name, *_ in rst.Args._fields_ if not name.startswith("pad")]
@@ -141,7 +133,7 @@ def _restore_synthetic(pid, output_fd, code, pages_path):
 
 
 def test_restorer_rebuilds_a_synthetic_task(tmp_path, processes):
-    pid = _free_pid()
+    pid = proc.unused_pid()
     output = tmp_path / "out"
     fd = os.open(output, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
