@@ -216,8 +216,6 @@ static void restore_fs_and_session(struct rst_args *a)
 	}
 	if (a->cwd_fd >= 0)
 		must(sys_call1(__NR_fchdir, a->cwd_fd), "changing to the working directory");
-	if (a->new_session)
-		must(sys_call0(__NR_setsid), "setsid");
 	if (a->pgid && sys_call1(__NR_getpgid, 0) != a->pgid)
 		must(sys_call2(__NR_setpgid, 0, a->pgid), "joining process group %d", a->pgid);
 	must(sys_call1(__NR_personality, a->personality), "personality");

@@ -154,8 +154,8 @@ struct rst_args {
 	__u32 personality;
 	__s32 cwd_fd;    /* -1: keep */
 	__s32 root_fd;   /* -1: keep */
-	__u32 new_session; /* 1: setsid() */
-	__s32 pgid;        /* 0: keep */
+	__u32 pad_session; /* sessions (and own groups) are made before the restorer runs */
+	__s32 pgid;        /* 0: keep; else setpgid(0, pgid): joining a group another task leads */
 
 	struct prctl_mm_map mm; /* .auxv points at auxv below, .exe_fd is a restorer fd */
 	__u64 auxv[RST_AUXV_WORDS];

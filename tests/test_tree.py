@@ -288,3 +288,42 @@ def test_a_restore_failing_half_way_leaves_no_process(victim, processes, trees, 
     for pid in before:
         if pid != blocker:
             assert not os.path.exists(f"/proc/{pid}"), f"PID {pid} was left behind"
+
+
+THREADED_TREE = """
+import os, sys, threading, time
+
+def count(name):
+    n = 0
+    while True:
+        os.write(1, f"{name} {n}\\n".encode())
+        n += 1
+        time.sleep(0.003)
+
+role = "parent" if os.fork() else "child"
+threads = [threading.Thread(target=count, args=(f"{role}-{i}",), daemon=True) for i in range(3)]
+for t in threads:
+    t.start()
+count(role)
+"""
+
+
+def test_a_tree_of_multi_threaded_processes_carries_on(processes, trees, tmp_path):
+    output = tmp_path / "threaded.out"
+    with open(output, "w") as out:
+        root = processes.start([sys.executable, "-c", THREADED_TREE], stdout=out, **QUIET)
+    trees.append(root.pid)
+    names = [f"{role}{suffix}" for role in ("parent", "child") for suffix in ("", "-0", "-1", "-2")]
+    wait_for(lambda: all(numbered(output, name) for name in names), "every thread to count")
+    images = tmp_path / "images"
+    before = dump_tree(root, images)
+    assert [len(entry.threads) for entry in ImagesDir(str(images), "r").read("pstree")] == [4, 4]
+    for pid in before:
+        processes.track(pid)
+    restore(str(images), detach=True)
+    assert tree_of(root.pid) == before
+    counts = {name: len(numbered(output, name)) for name in names}
+    wait_for(lambda: all(len(numbered(output, name)) > counts[name] + 20 for name in names), "every thread to go on")
+    for name in names:
+        numbers = numbered(output, name)
+        assert numbers == list(range(len(numbers))), name

@@ -122,7 +122,7 @@ class Args(Struct):
         ("specials", u64), ("nr_specials", u32), ("pad3", u32),
         ("fds", u64), ("nr_fds", u32), ("pad4", u32),
         ("umask", u32), ("personality", u32), ("cwd_fd", s32), ("root_fd", s32),
-        ("new_session", u32), ("pgid", s32),
+        ("pad_session", u32), ("pgid", s32),
         ("mm", PrctlMmMap), ("auxv", u64 * AUXV_WORDS),
         ("sigactions", Sigaction * NR_SIGNALS),
         ("itimers", Itimer * 3),

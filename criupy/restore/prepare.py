@@ -164,7 +164,6 @@ def _fill(region, task, plan, opened, leader, others, signals, timers, groups, p
     a.cwd_fd, a.root_fd = opened.cwd_fd, opened.root_fd
     # criupy.restore.tree made a session leader (and a group leader) what it was before the task
     # created its children; a task joins another's group here, once all exist
-    a.new_session = 0
     a.pgid = task.pgid if task.sid != task.pid else 0
 
     mm = task.mm
