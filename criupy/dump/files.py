@@ -4,8 +4,8 @@ Open file descriptors come from /proc/PID/fd and /proc/PID/fdinfo. Regular files
 character devices (other than terminals) are dumped by path, with their flags and position; pipes by
 inode, with the bytes still in them, read without taking them: the parasite sends criupy a copy of the
 pipe's read end and tee() duplicates the buffered data into a pipe of criupy's (as CRIU does). Other
-kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues). Every other
-kind of file stops the dump, naming the fd.
+kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues; anon: eventfd,
+signalfd, timerfd; eventpoll). Every other kind of file stops the dump, naming the fd.
 
 Files the task uses without an fd (mapped files, the executable, cwd, root) are entries of the same
 files.img, shared per file, with what identifies the file (size, mode) so restore can check it.
@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass
 
 from criupy import proc
-from criupy.dump.fds import unix
+from criupy.dump.fds import anon, eventpoll, unix
 from criupy.errors import CriupyError
 from criupy.images.pb import fdinfo_pb2, fown_pb2, pipe_data_pb2, pipe_pb2, regfile_pb2
 
@@ -153,7 +153,8 @@ class OpenFd:
 
 
 # kind -> fdinfo type
-FD_TYPES = {"reg": fdinfo_pb2.REG, "pipe": fdinfo_pb2.PIPE, "unix": fdinfo_pb2.UNIXSK}
+FD_TYPES = {"reg": fdinfo_pb2.REG, "pipe": fdinfo_pb2.PIPE, "unix": fdinfo_pb2.UNIXSK, "eventfd": fdinfo_pb2.EVENTFD,
+            "signalfd": fdinfo_pb2.SIGNALFD, "timerfd": fdinfo_pb2.TIMERFD, "eventpoll": fdinfo_pb2.EVENTPOLL}
 
 
 def _kind(fd, link, st):
@@ -167,6 +168,8 @@ def _kind(fd, link, st):
         raise _unsupported(fd, "a FIFO", link)
     if link.startswith("anon_inode:"):
         name = link.removeprefix("anon_inode:").strip("[]")
+        if name in FD_TYPES:
+            return name
         article = "an" if name[:1] in "aeiou" else "a"
         raise _unsupported(fd, f"{article} {name}", link)
     if not link.startswith("/"):
@@ -209,6 +212,8 @@ def inspect_fds(pid):
     for open_fd in result:
         if open_fd.kind == "unix":
             unix.check(open_fd.fd, open_fd.sock, task_sockets)
+        elif open_fd.kind == "eventpoll":
+            eventpoll.check(open_fd.fd, eventpoll.registered(pid, open_fd.fd), result)
     return result
 
 
@@ -268,6 +273,17 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets):
                 files.add(fdinfo_pb2.UNIXSK, "usk",
                           unix.socket_entry(file_id, flags, open_fd.sock, copy, _no_owner()))
                 sk_queues += unix.queued_messages(open_fd.fd, file_id, copy)
+            elif open_fd.kind == "eventfd":
+                files.add(fdinfo_pb2.EVENTFD, "efd", anon.eventfd_entry(file_id, flags, open_fd.info, _no_owner()))
+            elif open_fd.kind == "signalfd":
+                files.add(fdinfo_pb2.SIGNALFD, "sgfd", anon.signalfd_entry(file_id, flags, open_fd.info, _no_owner()))
+            elif open_fd.kind == "timerfd":
+                files.add(fdinfo_pb2.TIMERFD, "tfd", anon.timerfd_entry(file_id, flags, pid, open_fd.fd, _no_owner(),
+                                                                        steal_fds))
+            elif open_fd.kind == "eventpoll":
+                watched = eventpoll.registered(pid, open_fd.fd)
+                eventpoll.check(open_fd.fd, watched, open_fds)
+                files.add(fdinfo_pb2.EVENTPOLL, "epfd", eventpoll.eventpoll_entry(file_id, flags, watched, _no_owner()))
             else:
                 path = _checked_path(f"fd {open_fd.fd}", open_fd.link, open_fd.st)
                 files.add_reg(_reg_entry(file_id, flags, open_fd.info.pos, path, open_fd.st, open_fd.info.mnt_id))

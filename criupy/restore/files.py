@@ -13,11 +13,15 @@ import stat
 from dataclasses import dataclass, field
 
 from criupy.errors import CriupyError
-from criupy.restore.fds import unix
+from criupy.restore.fds import anon, eventpoll, unix
 from criupy.images.pb import fdinfo_pb2
 from criupy.restore.memory import VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
 FD_CLOEXEC = 1
+# fd type -> (file_entry field, function opening one from that entry)
+OPENERS = {fdinfo_pb2.EVENTFD: ("efd", anon.open_eventfd), fdinfo_pb2.SIGNALFD: ("sgfd", anon.open_signalfd),
+           fdinfo_pb2.TIMERFD: ("tfd", anon.open_timerfd),
+           fdinfo_pb2.EVENTPOLL: ("epfd", eventpoll.open_eventpoll)}
 F_SETPIPE_SZ = 1031
 # f_flags that only matter when a file is created or that open() would act on again
 OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
@@ -188,11 +192,19 @@ def _open_all(task, opened, pipes, sockets, by_file_id):
                 fcntl.fcntl(source, fcntl.F_SETFL, entry.pipe.flags & STATUS_FLAGS)
             elif entry.type == fdinfo_pb2.UNIXSK:
                 source = sockets[fdinfo.id]
+            elif entry.type in OPENERS:
+                field, opener = OPENERS[entry.type]
+                source = opened.hold(opener(getattr(entry, field)))
             else:
                 kind = fdinfo_pb2.fd_types.Name(entry.type)
                 raise CriupyError(f"fd {fdinfo.fd} is a {kind} file, which criupy cannot restore yet")
             by_file_id[fdinfo.id] = source
         opened.fds.append((source, fdinfo.fd, bool(fdinfo.flags & FD_CLOEXEC)))
+    epolls = {}  # file id -> (an fd number of it, eventpoll_file_entry)
+    for fdinfo in task.fdinfo:
+        if task.files[fdinfo.id].type == fdinfo_pb2.EVENTPOLL:
+            epolls.setdefault(fdinfo.id, (fdinfo.fd, task.files[fdinfo.id].epfd))
+    eventpoll.register(opened.fds, list(epolls.values()))
 
     for mapping_file_id in {v.shmid for v in task.mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)}:
         reg = _reg(task, mapping_file_id, "a mapping")

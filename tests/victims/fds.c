@@ -1,13 +1,19 @@
 /* fds TRIGGER KIND: opens fds of one kind with state in them (queued messages, counters, timers...),
  * prints "ready", waits (sleeping) until the file TRIGGER exists, then prints what its fds hold and how
  * they behave, and exits. A run that was dumped and restored while it waited must print the same as a
- * run that never was. KIND: unix. */
+ * run that never was. KIND: unix, anon (eventfd, signalfd, timerfd, epoll). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -110,6 +116,91 @@ static void unix_report(void)
 	printf("fd 14 after shutdown: %s\n", n < 0 && errno == EPIPE ? "EPIPE" : "writable");
 }
 
+static long long now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* eventfds 20 (counter 5, non-blocking) and 21 (semaphore, 3); signalfd 22 for SIGUSR1 and SIGUSR2 with
+ * SIGUSR2 pending; timerfd 23 ticking every second from T0 (one tick not read yet), one-shot timerfd 24
+ * at T1; epoll 26 watching 20, 21, 22 and the empty pipe 27 (28 its write end). Prints T0 and T1. */
+static void anon_setup(void)
+{
+	sigset_t mask;
+	int p[2];
+	long long t0 = now_ns() + 50000000LL, t1 = now_ns() + 1000 * 1000000000LL;
+	struct itimerspec tick = { { 1, 0 }, { t0 / 1000000000LL, t0 % 1000000000LL } };
+	struct itimerspec once = { { 0, 0 }, { t1 / 1000000000LL, t1 % 1000000000LL } };
+	struct timespec wait = { 0, 100000000 };
+	struct { int fd; uint32_t events; uint64_t data; } watch[] = {
+		{ 20, EPOLLIN, 0x1111 }, { 22, EPOLLIN | EPOLLET, 0x2222 }, { 21, EPOLLOUT, 0x3333 }, { 27, EPOLLIN, 0x4444 },
+	};
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGUSR1);
+	sigaddset(&mask, SIGUSR2);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	raise(SIGUSR2);
+	at(eventfd(5, EFD_NONBLOCK), 20);
+	at(eventfd(3, EFD_SEMAPHORE | EFD_CLOEXEC), 21);
+	at(signalfd(-1, &mask, SFD_NONBLOCK), 22);
+	at(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK), 23);
+	at(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC), 24);
+	if (pipe(p))
+		die("pipe");
+	at(p[0], 27), at(p[1], 28);
+	at(epoll_create1(EPOLL_CLOEXEC), 26);
+	for (unsigned i = 0; i < sizeof(watch) / sizeof(watch[0]); i++) {
+		struct epoll_event ev = { .events = watch[i].events, .data.u64 = watch[i].data };
+		if (epoll_ctl(26, EPOLL_CTL_ADD, watch[i].fd, &ev))
+			die("epoll_ctl");
+	}
+	if (timerfd_settime(23, TFD_TIMER_ABSTIME, &tick, NULL) || timerfd_settime(24, TFD_TIMER_ABSTIME, &once, NULL))
+		die("timerfd_settime");
+	nanosleep(&wait, NULL); /* timer 23 expires once, and is not read */
+	printf("t0 %lld\nt1 %lld\n", t0, t1);
+}
+
+static void anon_report(void)
+{
+	struct epoll_event ready[8];
+	struct signalfd_siginfo info;
+	struct itimerspec left;
+	uint64_t value;
+	int n = epoll_wait(26, ready, 8, 0);
+
+	/* by data: the kernel's order of ready fds is that of their registration, which is not kept */
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && ready[j - 1].data.u64 > ready[j].data.u64; j--) {
+			struct epoll_event swap = ready[j];
+			ready[j] = ready[j - 1];
+			ready[j - 1] = swap;
+		}
+	for (int i = 0; i < n; i++)
+		printf("epoll: %#llx events %#x\n", (unsigned long long)ready[i].data.u64, ready[i].events);
+	if (read(20, &value, 8) == 8)
+		printf("eventfd 20: %llu\n", (unsigned long long)value);
+	for (int i = 0; i < 3 && read(21, &value, 8) == 8; i++) /* a semaphore: 1 at a time */
+		printf("eventfd 21: %llu\n", (unsigned long long)value);
+	n = read(20, &value, 8);
+	printf("eventfd 20 then: %s\n", n < 0 && errno == EAGAIN ? "EAGAIN" : "readable");
+	while (read(22, &info, sizeof(info)) == sizeof(info))
+		printf("signalfd: signal %u\n", info.ssi_signo);
+	raise(SIGUSR1);
+	if (read(22, &info, sizeof(info)) == sizeof(info))
+		printf("signalfd then: signal %u\n", info.ssi_signo);
+	printf("timer 23: %s\n", read(23, &value, 8) == 8 && value >= 1 ? "ticked" : "did not tick");
+	timerfd_gettime(24, &left);
+	printf("timer 24: %s\n", left.it_value.tv_sec > 900 && !left.it_interval.tv_sec ? "armed" : "wrong");
+	n = epoll_ctl(26, EPOLL_CTL_DEL, 27, NULL);
+	printf("epoll del 27: %s\n", n ? strerror(errno) : "ok");
+	n = epoll_wait(26, ready, 8, 0);
+	printf("epoll then: %d ready\n", n);
+}
+
 int main(int argc, char **argv)
 {
 	struct timespec nap = { 0, 5000000 };
@@ -119,6 +210,8 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (!strcmp(argv[2], "unix"))
 		unix_setup();
+	else if (!strcmp(argv[2], "anon"))
+		anon_setup();
 	else
 		return 2;
 	printf("ready\n");
@@ -126,5 +219,7 @@ int main(int argc, char **argv)
 		nanosleep(&nap, NULL);
 	if (!strcmp(argv[2], "unix"))
 		unix_report();
+	else
+		anon_report();
 	return 0;
 }
