@@ -176,6 +176,7 @@ def _open_socket_pairs(task, opened):
 
 
 def _open_all(task, opened, pipes, sockets, by_file_id):
+    epolls = {}  # file id -> (its fd number here, eventpoll_file_entry) of each epoll first opened for this task
     for fdinfo in sorted(task.fdinfo, key=lambda e: e.fd):
         source = by_file_id.get(fdinfo.id)
         if source is None:
@@ -195,16 +196,14 @@ def _open_all(task, opened, pipes, sockets, by_file_id):
             elif entry.type in OPENERS:
                 field, opener = OPENERS[entry.type]
                 source = opened.hold(opener(getattr(entry, field)))
+                if entry.type == fdinfo_pb2.EVENTPOLL:
+                    epolls[fdinfo.id] = (fdinfo.fd, entry.epfd)
             else:
                 kind = fdinfo_pb2.fd_types.Name(entry.type)
                 raise CriupyError(f"fd {fdinfo.fd} is a {kind} file, which criupy cannot restore yet")
             by_file_id[fdinfo.id] = source
         opened.fds.append((source, fdinfo.fd, bool(fdinfo.flags & FD_CLOEXEC)))
-    epolls = {}  # file id -> (an fd number of it, eventpoll_file_entry)
-    for fdinfo in task.fdinfo:
-        if task.files[fdinfo.id].type == fdinfo_pb2.EVENTPOLL:
-            epolls.setdefault(fdinfo.id, (fdinfo.fd, task.files[fdinfo.id].epfd))
-    eventpoll.register(opened.fds, list(epolls.values()))
+    eventpoll.register(opened.fds, list(epolls.values()))  # once per epoll, in the first task that has it
 
     for mapping_file_id in {v.shmid for v in task.mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)}:
         reg = _reg(task, mapping_file_id, "a mapping")
