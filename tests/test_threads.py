@@ -1,6 +1,7 @@
 """Multi-threaded processes: every thread seized, dumped into its own core-TID.img, and restored with its
 TID, name, signal mask and registers, so that what the threads were doing goes on."""
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ from test_dump import QUIET, crit_show, decode_all, wait_for
 
 SYS_futex = 202
 SYS_rt_sigtimedwait = 128
+SYS_tgkill = 234
+libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _lines(path):
@@ -29,8 +32,37 @@ def _start(processes, argv, output):
 
 
 def _thread_state(pid):
-    """{tid: (name, blocked signals)} of every thread of pid."""
-    return {tid: (proc.thread_comm(pid, tid), proc.status(tid)["SigBlk"]) for tid in proc.task_ids(pid)}
+    """{tid: (name, blocked signals, signals pending for it, nice, policy)} of every thread of pid."""
+    def state(tid):
+        status = proc.status(tid)
+        return (proc.thread_comm(pid, tid), status["SigBlk"], status["SigPnd"], os.getpriority(os.PRIO_PROCESS, tid),
+                os.sched_getscheduler(tid))
+    return {tid: state(tid) for tid in proc.task_ids(pid)}
+
+
+def _queue_own_signals(pid):
+    """Each counter thread I < 24 gets its blocked SIGRTMIN + I, left pending for that thread alone."""
+    for tid in proc.task_ids(pid):
+        name = proc.thread_comm(pid, tid)
+        if name.startswith("count-") and int(name[6:]) < 24:
+            assert libc.syscall(SYS_tgkill, pid, tid, signal.SIGRTMIN + int(name[6:])) == 0
+
+
+THREAD_CORE_FIELDS = ("futex_rla", "futex_rla_len", "sched_nice", "sched_policy", "sched_prio", "blk_sigset",
+                      "sas", "comm", "creds", "signals_p")
+
+
+def _thread_cores(images, pid):
+    """{tid: (thread_core fields that must survive a restore, clear_tid_addr, fs_base, rseq area)}."""
+    result = {}
+    for tid in crit_show(images / "pstree.img")["entries"][0]["threads"]:
+        (core,) = crit_show(images / f"core-{tid}.img")["entries"]
+        thread = core["thread_core"]
+        rseq = thread.get("rseq_entry", {})
+        result[tid] = ({k: thread.get(k) for k in THREAD_CORE_FIELDS}, core["thread_info"]["clear_tid_addr"],
+                       core["thread_info"]["gpregs"]["fs_base"],
+                       (rseq.get("rseq_abi_pointer"), rseq.get("rseq_abi_size"), rseq.get("signature")))
+    return result
 
 
 def _assert_untraced(pid):
@@ -54,6 +86,7 @@ def _dump_counter(victim, processes, tmp_path, nr_threads):
     output = tmp_path / "counter.out"
     counter = _start(processes, [victim("threads_counter"), str(nr_threads)], output)
     wait_for(lambda: len(_lines(output)) >= 3 * nr_threads, "every thread to count")
+    _queue_own_signals(counter.pid)
     before = _thread_state(counter.pid)
     assert len(before) == nr_threads + 1
     images = tmp_path / "images"
@@ -65,7 +98,7 @@ def _dump_counter(victim, processes, tmp_path, nr_threads):
 def test_eight_threads_go_on_counting_with_their_tids_names_and_masks(victim, processes, tmp_path):
     pid, output, images, before = _dump_counter(victim, processes, tmp_path, 8)
     assert crit_show(images / "pstree.img")["entries"][0]["threads"] == sorted(before)
-    for tid, (name, _) in before.items():
+    for tid, (name, *_) in before.items():
         (core,) = crit_show(images / f"core-{tid}.img")["entries"]
         assert core["thread_core"]["comm"] == name
         assert ("tc" in core) == (tid == pid)  # the task-wide part is the leader's only, as CRIU writes it
@@ -76,6 +109,10 @@ def test_eight_threads_go_on_counting_with_their_tids_names_and_masks(victim, pr
     count = len(_lines(output))
     wait_for(lambda: len(_lines(output)) >= count + 80, "the threads to count on")
     _check_turns(output, 8)
+    # what only each thread can tell (robust list, rseq, altstack, clear_child_tid, TLS) is as dumped
+    again = tmp_path / "again"
+    dump(pid, str(again), leave_running=True)
+    assert _thread_cores(again, pid) == _thread_cores(images, pid)
 
 
 def test_two_hundred_threads_dump_and_restore(victim, processes, tmp_path):

@@ -1,13 +1,16 @@
 /* N threads (argv[1], default 8) take turns through one mutex and one condition variable; each counts
  * in thread-local storage and prints "THREAD COUNT" on its turn, so every thread's numbers must go on
  * with no gap and no repeat, in turn order, after a dump and restore. Each thread names itself "count-I"
- * and blocks its own signal (SIGRTMIN + I, for the first 24), so names and masks differ per thread. */
+ * and blocks its own signal (SIGRTMIN + I, for the first 24), so names and masks differ per thread;
+ * thread 1 runs at nice 5, thread 2 under SCHED_BATCH, thread 3 has its own alternate signal stack. */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +33,19 @@ static void *counter(void *arg)
 		sigemptyset(&own);
 		sigaddset(&own, SIGRTMIN + me);
 		pthread_sigmask(SIG_BLOCK, &own, NULL);
+	}
+	if (me == 1)
+		setpriority(PRIO_PROCESS, gettid(), 5);
+	if (me == 2) {
+		struct sched_param param = { 0 };
+
+		sched_setscheduler(0, SCHED_BATCH, &param);
+	}
+	if (me == 3) {
+		static char altstack[65536];
+		stack_t ss = { .ss_sp = altstack, .ss_size = sizeof(altstack) };
+
+		sigaltstack(&ss, NULL);
 	}
 	for (;;) {
 		pthread_mutex_lock(&lock);
