@@ -1,6 +1,7 @@
 """Process trees: dump and restore a root with its descendants, what they share, zombies, failures."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -327,3 +328,20 @@ def test_a_tree_of_multi_threaded_processes_carries_on(processes, trees, tmp_pat
     for name in names:
         numbers = numbered(output, name)
         assert numbers == list(range(len(numbers))), name
+
+
+def test_pie_plugin_hooks_run_once_in_every_restored_process(victim, processes, trees, tmp_path):
+    root, output, _ = start_tree(victim, processes, trees, tmp_path)
+    images = tmp_path / "images"
+    before = dump_tree(root, images)
+    plugin = tmp_path / "marker.plugin"
+    marker = os.path.join(os.path.dirname(__file__), "plugins", "marker.c")
+    subprocess.run([sys.executable, "-m", "blobgen.cli", "--plugin", marker, "-o", str(plugin)], check=True)
+    log = tmp_path / "restore.log"
+    trees.append(restore(str(images), detach=True, pie_plugin=str(plugin), log_file=str(log)))
+    living = sorted(pid for pid, (*_, zombie) in before.items() if not zombie)
+    text = log.read_text()
+    pre = [(int(m[1]), int(m[2])) for m in re.finditer(r"plugin-marker pre_sigreturn pid (\d+) tid (\d+)", text)]
+    assert sorted(pre) == [(pid, pid) for pid in living]  # single-threaded processes: one call each
+    post = [int(m[1]) for m in re.finditer(r"plugin-marker post_restore_vmas pid (\d+)", text)]
+    assert sorted(post) == living

@@ -35,7 +35,7 @@ struct criupy_hook_args {
 	const struct criupy_regs *regs;
 };
 
-/* After every dumped mapping is in place and filled, before fds, credentials and threads. Once. */
+/* After every dumped mapping is in place and filled, before fds, credentials and threads. Once per process. */
 int criupy_hook_post_restore_vmas(const struct criupy_hook_args *args);
 /* After a thread's state is restored, just before its rt_sigreturn. Once per restored thread. */
 int criupy_hook_pre_sigreturn(const struct criupy_hook_args *args);
