@@ -13,6 +13,7 @@
 #include <linux/signal.h>
 #include <linux/capability.h>
 #include <linux/close_range.h>
+#include <linux/errno.h>
 #include <linux/futex.h>
 #include <linux/sched.h>
 #include <linux/mman.h>
@@ -431,6 +432,10 @@ static void create_threads(struct rst_args *a)
 		};
 		long tid = restorer_clone_thread(&clone, sizeof(clone), &t[i]);
 
+		if (tid == -EEXIST) {
+			pr_err("restorer: creating thread %d failed: TID in use", t[i].tid);
+			fail();
+		}
 		if (tid != t[i].tid) {
 			pr_err("restorer: creating thread %d failed: errno %ld", t[i].tid, tid < 0 ? -tid : 0L);
 			fail();

@@ -12,6 +12,7 @@ import pytest
 from criupy import dump, proc
 from criupy.dump import threads as dump_threads
 from criupy.errors import CriupyError
+from criupy.images import ImagesDir
 from criupy.restore import restore
 
 from test_dump import QUIET, crit_show, decode_all, wait_for
@@ -239,3 +240,18 @@ def test_a_process_that_keeps_creating_threads_freezes_and_dumps(victim, process
     numbers = [int(line) for line in _lines(output)]
     assert numbers == list(range(1, len(numbers) + 1))
     assert proc.status(pid)["TracerPid"] == "0"
+
+
+def test_a_thread_id_in_use_is_a_clear_error_and_no_process_is_left(victim, processes, tmp_path):
+    pid, output, images, before = _dump_counter(victim, processes, tmp_path, 2)
+    # the images, edited so that one thread has the TID of a live process: this test's own
+    taken = os.getpid()
+    last = max(before)
+    (tree,) = ImagesDir(str(images), "r").read("pstree")
+    tree.threads[-1] = taken
+    os.rename(images / f"core-{last}.img", images / f"core-{taken}.img")
+    ImagesDir(str(tmp_path / "edited"), "w").write("pstree", [tree])
+    os.replace(tmp_path / "edited" / "pstree.img", images / "pstree.img")
+    with pytest.raises(CriupyError, match=f"TID {taken} \\(a thread of PID {pid}\\) is in use"):
+        restore(str(images), detach=True)
+    assert not os.path.exists(f"/proc/{pid}")

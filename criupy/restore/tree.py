@@ -31,8 +31,12 @@ libc = ctypes.CDLL(None, use_errno=True)
 
 
 def check_tree(tasks):
-    """Refuse sessions and groups criupy cannot re-create, before any process exists."""
+    """Refuse sessions and groups criupy cannot re-create, and thread IDs in use, before any process exists."""
     by_pid = {task.pid: task for task in tasks}
+    for task in tasks:
+        for tid in task.thread_cores:
+            if os.path.exists(f"/proc/{tid}"):
+                raise CriupyError(f"TID {tid} (a thread of PID {task.pid}) is in use")
     root = tasks[0]
     for task in tasks[1:]:
         parent = by_pid[task.ppid]
