@@ -12,9 +12,9 @@ from criupy.errors import CriupyError
 from criupy.images import ImagesDir, kind_of
 from criupy.images.kinds import names as kind_names
 from criupy.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, eventpoll_pb2, fdinfo_pb2,
-                              fifo_pb2, fown_pb2, fs_pb2, inventory_pb2, ipc_desc_pb2, ipc_shm_pb2, ipc_var_pb2,
+                              fifo_pb2, fown_pb2, fs_pb2, ghost_file_pb2, inventory_pb2, ipc_desc_pb2, ipc_shm_pb2, ipc_var_pb2,
                               memfd_pb2, mm_pb2, ns_pb2, pagemap_pb2, pidns_pb2, pipe_data_pb2, pipe_pb2,
-                              pstree_pb2, regfile_pb2, rlimit_pb2, rseq_pb2, sa_pb2, signalfd_pb2, sk_opts_pb2,
+                              pstree_pb2, regfile_pb2, remap_file_path_pb2, rlimit_pb2, rseq_pb2, sa_pb2, signalfd_pb2, sk_opts_pb2,
                               sk_packet_pb2, sk_unix_pb2, stats_pb2, timer_pb2, timerfd_pb2, tty_pb2, utsns_pb2, vma_pb2)
 from criupy.images.show import show
 
@@ -134,6 +134,10 @@ SAMPLES = {
     "signalfd": lambda: ([signalfd_pb2.signalfd_entry(id=16, flags=0o2, fown=fown(), sigmask=1 << 9)], None),
     "timerfd": lambda: ([timerfd_pb2.timerfd_entry(id=17, flags=0o2, fown=fown(), clockid=1, ticks=0,
                                                    settime_flags=0, vsec=0, vnsec=0, isec=1, insec=0)], None),
+    "remap-fpath": lambda: ([remap_file_path_pb2.remap_file_path_entry(orig_id=21, remap_id=22,
+                                                                      remap_type=remap_file_path_pb2.GHOST)], None),
+    f"ghost-file-{PID}": lambda: ([ghost_file_pb2.ghost_file_entry(uid=0, gid=0, mode=0o100600, dev=0x1b, ino=788,
+                                                                   size=6)], [b"ghost\n"]),
     "memfd": lambda: ([memfd_pb2.memfd_inode_entry(name="memfd:buffer", uid=0, gid=0, size=4096, shmid=18,
                                                    seals=0x3, inode_id=18)], None),
     "tty": lambda: ([tty_pb2.tty_file_entry(id=19, tty_info_id=20, flags=0o2, fown=fown())], None),
@@ -201,6 +205,9 @@ EXPECTED = {
     "eventpoll-tfd": [(("magic",), "EVENTPOLL_TFD"), (("entries", 0, "data"), 0xdeadbeef)],
     "signalfd": [(("magic",), "SIGNALFD"), (("entries", 0, "sigmask"), "0x200")],
     "timerfd": [(("magic",), "TIMERFD"), (("entries", 0, "isec"), 1)],
+    "remap-fpath": [(("magic",), "REMAP_FPATH"), (("entries", 0, "remap_type"), "GHOST")],
+    f"ghost-file-{PID}": [(("magic",), "GHOST_FILE"), (("entries", 0, "ino"), 788),
+                          (("entries", 0, "extra"), "Z2hvc3QK\n")],
     "memfd": [(("magic",), "MEMFD_INODE"), (("entries", 0, "name"), "memfd:buffer"),
               (("entries", 0, "seals"), "F_SEAL_SEAL | F_SEAL_SHRINK")],
     "tty": [(("magic",), "TTY_FILES"), (("entries", 0, "tty_info_id"), 20)],

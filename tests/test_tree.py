@@ -209,42 +209,56 @@ def test_a_tree_forking_every_millisecond_freezes_dumps_and_restores(victim, pro
     assert reaped[-1] >= forks[-1] - 10  # children restored or forked since all end and are reaped
 
 
-MULTIPROCESSING = """
+MULTIPROCESSING_START = """
 import multiprocessing, sys, time
 
-def square(requests, replies):
+def square(n):
+    return n, n * n
+
+def serve(requests, replies):
     while True:
-        n = requests.recv()
-        replies.send((n, n * n))
+        replies.put(square(requests.get()))
 
 if __name__ == "__main__":
     ctx = multiprocessing.get_context("fork")
-    workers = []
-    for _ in range(2):  # each with its own pair of pipes: a pipe has one reader
-        requests_read, requests_write = ctx.Pipe(duplex=False)
-        replies_read, replies_write = ctx.Pipe(duplex=False)
-        ctx.Process(target=square, args=(requests_read, replies_write)).start()
-        workers.append((requests_write, replies_read))
-    n = 0
-    while True:
-        requests, replies = workers[n % 2]
-        requests.send(n)
-        got, squared = replies.recv()
-        print(got, squared, flush=True)
-        n += 1
-        time.sleep(0.005)
 """
 
+MULTIPROCESSING = {
+    # Process and Queue: pipes, a feeder thread, and POSIX semaphores (deleted /dev/shm files, mapped shared)
+    "process-and-queue": MULTIPROCESSING_START + """
+    requests, replies = ctx.Queue(), ctx.Queue()
+    for _ in range(2):
+        ctx.Process(target=serve, args=(requests, replies), daemon=True).start()
+    n = 0
+    while True:
+        requests.put(n)
+        print(*replies.get(), flush=True)
+        n += 1
+        time.sleep(0.005)
+""",
+    # a Pool: worker processes, the pool's own threads, its queues and their locks
+    "pool": MULTIPROCESSING_START + """
+    with ctx.Pool(3) as pool:
+        n = 0
+        while True:
+            print(*pool.apply(square, (n,)), flush=True)
+            n += 1
+            time.sleep(0.005)
+""",
+}
 
-def test_cpython_multiprocessing_carries_on(processes, trees, tmp_path):
+
+@pytest.mark.parametrize("kind", sorted(MULTIPROCESSING))
+def test_cpython_multiprocessing_carries_on(kind, processes, trees, tmp_path):
     output = tmp_path / "mp.out"
     with open(output, "w") as out:
-        root = processes.start([sys.executable, "-c", MULTIPROCESSING], stdout=out, **QUIET)
+        root = processes.start([sys.executable, "-c", MULTIPROCESSING[kind]], stdout=out, **QUIET)
     trees.append(root.pid)
     wait_for(lambda: len(lines(output)) > 20, "the workers to start")
     images = tmp_path / "images"
     before = dump_tree(root, images)
-    assert len(before) == 3
+    assert len(before) >= 3
+    assert ImagesDir(str(images), "r").exists("remap-fpath")  # the semaphores' deleted files
     for pid in before:
         processes.track(pid)
     restore(str(images), detach=True)

@@ -177,6 +177,7 @@ def _dump_seized(frozen, images, stats):
     images.write("inventory", [tree.inventory_entry(ids)])
     images.write("pstree", pstree)
     images.write("files", files_image.entries)
+    files_image.write_ghosts(images)
     if pipe_data:
         images.write("pipes-data", [entry for entry, _ in pipe_data], payloads=[data for _, data in pipe_data])
     if sk_queues:

@@ -8,7 +8,9 @@ kinds have their own module in criupy/dump/fds (unix: socket pairs with their qu
 signalfd, timerfd; eventpoll). Every other kind of file stops the dump, naming the fd.
 
 Files the task uses without an fd (mapped files, the executable, cwd, root) are entries of the same
-files.img, shared per file, with what identifies the file (size, mode) so restore can check it.
+files.img, shared per file, with what identifies the file (size, mode) so restore can check it. A mapped
+file that was deleted (a POSIX semaphore's /dev/shm file, say) is saved as a ghost file (CRIU's
+ghost-file-N.img + remap-fpath.img), which restore puts back at its path while the tasks open it.
 """
 
 import ctypes
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from criupy import proc
 from criupy.dump.fds import anon, eventpoll, unix
 from criupy.errors import CriupyError
-from criupy.images.pb import fdinfo_pb2, fown_pb2, pipe_data_pb2, pipe_pb2, regfile_pb2
+from criupy.images.pb import (fdinfo_pb2, fown_pb2, ghost_file_pb2, pipe_data_pb2, pipe_pb2, regfile_pb2,
+                              remap_file_path_pb2, time_pb2)
 
 log = logging.getLogger("criupy.dump")
 
@@ -32,6 +35,7 @@ F_GETPIPE_SZ = 1032
 F_SETPIPE_SZ = 1031
 SPLICE_F_NONBLOCK = 2
 SYS_kcmp = 312
+GHOST_LIMIT = 16 << 20  # the largest deleted file whose contents go in the images
 KCMP_FILE = 0
 
 # character device majors of terminals (devices.txt): ptys, ttys, /dev/tty, /dev/console, ptmx, serial
@@ -86,6 +90,7 @@ class FilesImage:
         # processes that share one (dup, fork) get one id
         self.descriptions = []
         self.pipes_read = set()  # pipe inodes whose data is saved already
+        self.ghosts = {}  # file id -> (path to read it through, stat) of deleted files still mapped
 
     def new_id(self):
         file_id = self._next_id
@@ -102,20 +107,53 @@ class FilesImage:
         """An entry of another kind: field is its file_entry field ("usk", "efd"...)."""
         self.entries.append(fdinfo_pb2.file_entry(type=fd_type, id=entry.id, **{field: entry}))
 
-    def path_file(self, what, link, st, open_flags, mnt_id=-1):
-        """The id of a file used without an fd (a mapping, exe, cwd, root): one entry per file."""
+    def path_file(self, what, link, st, open_flags, mnt_id=-1, deleted_source=None):
+        """The id of a file used without an fd (a mapping, exe, cwd, root): one entry per file.
+
+        deleted_source: the file was deleted (link ends with " (deleted)"); its contents are saved as
+        a ghost file (write_ghosts), read through this path."""
         key = (st.st_dev, st.st_ino)
         entry = self._by_file.get(key)
         if entry is None:
-            entry = _reg_entry(self.new_id(), open_flags, 0, _checked_path(what, link, st), st, mnt_id)
+            if deleted_source is None:
+                path = _checked_path(what, link, st)
+            else:
+                path = link.removesuffix(" (deleted)")
+                if not stat.S_ISREG(st.st_mode) or st.st_size > GHOST_LIMIT:
+                    raise CriupyError(f"{what}: deleted file {path} ({st.st_size} bytes) is not a regular file of "
+                                      f"at most {GHOST_LIMIT >> 20} MiB: not supported")
+            entry = _reg_entry(self.new_id(), open_flags, 0, path, st, mnt_id)
             self._by_file[key] = entry
             self.add_reg(entry)
+            if deleted_source is not None:
+                self.ghosts[entry.id] = (deleted_source, st)
         elif open_flags & os.O_ACCMODE == os.O_RDWR:
             entry.flags = entry.flags & ~os.O_ACCMODE | os.O_RDWR  # a writable shared mapping of it too
         return entry.id
 
     def mapped_file(self, what, path, st, open_flags, map_files_link):
-        return self.path_file(what, path, st, open_flags, _mnt_id_of(map_files_link))
+        deleted_source = map_files_link if path.endswith(" (deleted)") else None
+        return self.path_file(what, path, st, open_flags, _mnt_id_of(map_files_link), deleted_source)
+
+    def write_ghosts(self, images):
+        """ghost-file-N.img (entry, then the file's contents) for each deleted file, and remap-fpath.img
+        naming the ghost of each such files.img entry, as CRIU writes them."""
+        remaps = []
+        for ghost_id, (file_id, (source, st)) in enumerate(sorted(self.ghosts.items()), 1):
+            with open(source, "rb") as f:
+                data = f.read(GHOST_LIMIT + 1)
+            if len(data) > GHOST_LIMIT:
+                raise CriupyError(f"deleted file {source} grew over {GHOST_LIMIT >> 20} MiB")
+            entry = ghost_file_pb2.ghost_file_entry(
+                uid=st.st_uid, gid=st.st_gid, mode=st.st_mode, dev=os.major(st.st_dev) << 20 | os.minor(st.st_dev),
+                ino=st.st_ino, size=len(data),
+                atim=time_pb2.timeval(tv_sec=int(st.st_atime), tv_usec=st.st_atime_ns // 1000 % 1_000_000),
+                mtim=time_pb2.timeval(tv_sec=int(st.st_mtime), tv_usec=st.st_mtime_ns // 1000 % 1_000_000))
+            images.write(f"ghost-file-{ghost_id}", [entry], payloads=[data])
+            remaps.append(remap_file_path_pb2.remap_file_path_entry(orig_id=file_id, remap_id=ghost_id,
+                                                                   remap_type=remap_file_path_pb2.GHOST))
+        if remaps:
+            images.write("remap-fpath", remaps)
 
     def task_file(self, pid, name, what, open_flags):
         """The id of /proc/PID/<name> (exe, cwd, root)."""

@@ -100,8 +100,6 @@ def _classify(pid, smaps_entry):
         return "anon"
     if m.path.startswith("/memfd:"):
         raise CriupyError(f"{describe(m)} maps a memfd: not supported yet")
-    if m.path.endswith(" (deleted)"):
-        raise CriupyError(f"{describe(m)} maps a deleted file: not supported yet")
     st = _mapped_file_stat(pid, m)
     if st is None:
         return "gone"

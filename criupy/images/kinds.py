@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from criupy.errors import CriupyError
 from criupy.images import magic
 from criupy.images.pb import (core_pb2, creds_pb2, eventfd_pb2, eventpoll_pb2, fdinfo_pb2, fifo_pb2, fs_pb2,
-                              inventory_pb2, ipc_shm_pb2, ipc_var_pb2, memfd_pb2, mm_pb2, ns_pb2, pagemap_pb2,
-                              pidns_pb2, pipe_data_pb2, pipe_pb2, pstree_pb2, regfile_pb2, rlimit_pb2, sa_pb2,
-                              signalfd_pb2, sk_packet_pb2, sk_unix_pb2, stats_pb2, timer_pb2, timerfd_pb2,
-                              tty_pb2, utsns_pb2, vma_pb2)
+                              ghost_file_pb2, inventory_pb2, ipc_shm_pb2, ipc_var_pb2, memfd_pb2, mm_pb2, ns_pb2,
+                              pagemap_pb2, pidns_pb2, pipe_data_pb2, pipe_pb2, pstree_pb2, regfile_pb2,
+                              remap_file_path_pb2, rlimit_pb2, sa_pb2, signalfd_pb2, sk_packet_pb2, sk_unix_pb2,
+                              stats_pb2, timer_pb2, timerfd_pb2, tty_pb2, utsns_pb2, vma_pb2)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ _KINDS = (
     (r"posix-timers-N", ImageKind(magic.POSIX_TIMERS, timer_pb2.posix_timer_entry)),
     (r"rlimit-N", ImageKind(magic.RLIMIT, rlimit_pb2.rlimit_entry)),
     (r"reg-files", ImageKind(magic.REG_FILES, regfile_pb2.reg_file_entry)),
+    (r"remap-fpath", ImageKind(magic.REMAP_FPATH, remap_file_path_pb2.remap_file_path_entry)),
+    # One entry, the whole file's contents after it (no chunks).
+    (r"ghost-file-N", ImageKind(magic.GHOST_FILE, ghost_file_pb2.ghost_file_entry, payload_field="size")),
     (r"pipes", ImageKind(magic.PIPES, pipe_pb2.pipe_entry)),
     (r"pipes-data", ImageKind(magic.PIPES_DATA, pipe_data_pb2.pipe_data_entry, payload_field="bytes")),
     (r"fifo", ImageKind(magic.FIFO, fifo_pb2.fifo_entry)),

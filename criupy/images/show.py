@@ -84,6 +84,9 @@ def _value(field, value, in_hex):
         return value  # bool, string, float
     if in_hex:
         return f"{value:#x}"
+    if options.dev:  # "major:minor": the kernel's internal dev_t, or the old (userspace) one
+        major, minor = (os.major(value), os.minor(value)) if options.odev else (value >> 20, value & 0xFFFFF)
+        return f"{major}:{minor}"
     if options.flags:
         table = FLAG_NAMES.get(options.flags)
         return _flag_names(value, table) if table else f"{value:#x}"

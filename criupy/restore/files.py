@@ -147,6 +147,7 @@ def open_files(tasks):
     (one files.img id) is opened once and given to each."""
     held = []
     opened = {task.pid: OpenedFiles(held=held) for task in tasks}
+    ghost_paths = _create_ghosts(tasks[0])
     try:
         # files.img, pipes-data and sk-queues are the tree's: pipes and socket pairs are made once
         pipes = _open_pipes(tasks[0], opened[tasks[0].pid])
@@ -158,7 +159,35 @@ def open_files(tasks):
         for fd in held:
             os.close(fd)
         raise
+    finally:
+        for path in ghost_paths:  # deleted again, as at the dump, once every task has it open
+            os.unlink(path)
     return opened
+
+
+def _create_ghosts(task):
+    """Put each deleted file (a ghost file of the images) back at its path with its contents, so that
+    every task opens the same file there; returns the paths made, which the caller unlinks."""
+    made = []
+    try:
+        for file_id, (ghost, data) in task.ghosts.items():
+            path = _path(task.files[file_id].reg)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise CriupyError(f"cannot re-create the deleted file {path}: {e.strerror}") from None
+            made.append(path)
+            try:
+                os.write(fd, data)  # a regular file takes all of it in one write
+                os.fchown(fd, ghost.uid, ghost.gid)
+                os.fchmod(fd, ghost.mode & 0o7777)
+            finally:
+                os.close(fd)
+    except BaseException:
+        for path in made:
+            os.unlink(path)
+        raise
+    return made
 
 
 def _open_socket_pairs(task, opened):

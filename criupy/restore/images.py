@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from criupy.errors import CriupyError
 from criupy.images import ImagesDir
-from criupy.images.pb import core_pb2
+from criupy.images.pb import core_pb2, remap_file_path_pb2
 
 PAGE_SIZE = 4096
 TASK_DEAD = 2  # task_core_entry.task_state of a zombie
@@ -36,6 +36,7 @@ class DumpedTask:
     pipe_data: dict = field(default_factory=dict)  # pipe_id -> (pipe_data_entry, bytes), the tree's
     sk_queues: dict = field(default_factory=dict)  # socket file id -> [bytes of each queued message], the tree's
     thread_cores: dict = field(default_factory=dict)  # TID -> core_entry of each thread but the leader
+    ghosts: dict = field(default_factory=dict)  # files.img id -> (ghost_file_entry, contents), the tree's
 
     @property
     def zombie(self):
@@ -115,7 +116,28 @@ def read_tree(images_dir):
         if len(data) != entry.length:
             raise CriupyError(f"image sk-queues.img is truncated: a message of {len(data)} of {entry.length} bytes")
         sk_queues.setdefault(entry.id_for, []).append(data)
-    return [_read_task(images, entry, files, pipe_data, sk_queues) for entry in tree]
+    ghosts = _read_ghosts(images, files)
+    return [_read_task(images, entry, files, pipe_data, sk_queues, ghosts) for entry in tree]
+
+
+def _read_ghosts(images, files):
+    """files.img id -> (ghost_file_entry, contents) of each deleted file remap-fpath.img names."""
+    ghosts = {}
+    for remap in _read(images, "remap-fpath", required=False):
+        if remap.remap_type != remap_file_path_pb2.GHOST:
+            raise CriupyError(f"image remap-fpath.img: file {remap.orig_id} is remapped in a way criupy cannot "
+                              f"restore (type {remap.remap_type})")
+        if remap.orig_id not in files or not files[remap.orig_id].HasField("reg"):
+            raise CriupyError(f"image remap-fpath.img is corrupt: no regular file {remap.orig_id} in files.img")
+        name = f"ghost-file-{remap.remap_id}"
+        entries = _read_with_payloads(images, name)
+        if len(entries) != 1:
+            raise CriupyError(f"image {name}.img is missing or corrupt")
+        entry, data = entries[0]
+        if entry.chunks or len(data) != entry.size:
+            raise CriupyError(f"image {name}.img is truncated or in chunks (not supported)")
+        ghosts[remap.orig_id] = (entry, data)
+    return ghosts
 
 
 def _check_tree(tree):
@@ -132,7 +154,7 @@ def _check_tree(tree):
         pids.add(entry.pid)
 
 
-def _read_task(images, entry, files, pipe_data, sk_queues):
+def _read_task(images, entry, files, pipe_data, sk_queues, ghosts):
     pid = entry.pid
     core = _one(images, f"core-{pid}")
     if not core.HasField("tc"):
@@ -156,6 +178,7 @@ def _read_task(images, entry, files, pipe_data, sk_queues):
     task.files = files
     task.pipe_data = pipe_data
     task.sk_queues = sk_queues
+    task.ghosts = ghosts
     return task
 
 
