@@ -166,3 +166,11 @@ def test_eventfd_signalfd_timerfd_and_epoll_carry_on(victim, processes, tmp_path
     shown = json.loads(show(str(images)))
     timers = {e["id"]: e for e in shown["files.img"]["entries"] if e["type"] == "TIMERFD"}
     assert sorted(t["tfd"]["ticks"] for t in timers.values()) == [0, 1]  # 23's one tick, not read by the dump
+
+
+def test_fifos_keep_their_data(victim, processes, tmp_path):
+    report, _, images = _same_as_plain_run(victim, processes, tmp_path, "fifo")
+    assert report.endswith("fifo 30: 'fifo one\nfifo two\n'\nfifo 30 then: EAGAIN\nfifo 32: 'both ends'\n"
+                           "fifo 30 after: 'after'\n")
+    shown = json.loads(show(str(images)))
+    assert sorted(e["bytes"] for e in shown["fifo-data.img"]["entries"]) == [9, 18]

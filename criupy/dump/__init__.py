@@ -13,7 +13,7 @@ Steps (as CRIU's cr-dump.c):
   infect    the parasite runs in each process: signal actions, misc state, timers, pipes' fds, pages
   threads   what each other thread tells from inside (threads.py), before the parasite comes in
   images    per process core (one per thread), ids, mm, pagemap, pages, fdinfo, fs; for the tree
-            pstree, files (file descriptions shared by processes once), pipes-data, sk-queues, shared
+            pstree, files (file descriptions shared by processes once), pipes-data, sk-queues, fifo-data, shared
             memory (shmem.py), inventory, then stats-dump
   end       the processes are killed, or resumed untouched with leave_running; a failed dump always
             resumes them and removes the images it wrote
@@ -158,6 +158,7 @@ def _dump_seized(frozen, images, stats):
     pstree = []
     pipe_data = []
     sk_queues = []
+    fifo_data = []
     for pages_id, member in enumerate(frozen.members, 1):
         stat = proc.stat(member.pid)
         if member.zombie:
@@ -169,6 +170,7 @@ def _dump_seized(frozen, images, stats):
                                    shared_memory, ids)
         pipe_data += dumped_fds.pipe_data
         sk_queues += dumped_fds.sk_queues
+        fifo_data += dumped_fds.fifo_data
 
     write_started = time.monotonic()
     stats.pages_written += shared_memory.dump(images, len(frozen.members) + 1)
@@ -182,6 +184,8 @@ def _dump_seized(frozen, images, stats):
         images.write("pipes-data", [entry for entry, _ in pipe_data], payloads=[data for _, data in pipe_data])
     if sk_queues:
         images.write("sk-queues", [entry for entry, _ in sk_queues], payloads=[data for _, data in sk_queues])
+    if fifo_data:
+        images.write("fifo-data", [entry for entry, _ in fifo_data], payloads=[data for _, data in fifo_data])
 
 
 def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared_memory, ids):

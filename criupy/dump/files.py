@@ -5,7 +5,8 @@ character devices (other than terminals) are dumped by path, with their flags an
 inode, with the bytes still in them, read without taking them: the parasite sends criupy a copy of the
 pipe's read end and tee() duplicates the buffered data into a pipe of criupy's (as CRIU does). Other
 kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues; anon: eventfd,
-signalfd, timerfd; eventpoll). Every other kind of file stops the dump, naming the fd.
+signalfd, timerfd; eventpoll). FIFOs are dumped by path, their data as a pipe's. Every other kind of
+file stops the dump, naming the fd.
 
 Files the task uses without an fd (mapped files, the executable, cwd, root) are entries of the same
 files.img, shared per file, with what identifies the file (size, mode) so restore can check it. A mapped
@@ -24,8 +25,8 @@ from dataclasses import dataclass
 from criupy import proc
 from criupy.dump.fds import anon, eventpoll, unix
 from criupy.errors import CriupyError
-from criupy.images.pb import (fdinfo_pb2, fown_pb2, ghost_file_pb2, pipe_data_pb2, pipe_pb2, regfile_pb2,
-                              remap_file_path_pb2, time_pb2)
+from criupy.images.pb import (fdinfo_pb2, fifo_pb2, fown_pb2, ghost_file_pb2, pipe_data_pb2, pipe_pb2,
+                              regfile_pb2, remap_file_path_pb2, time_pb2)
 
 log = logging.getLogger("criupy.dump")
 
@@ -89,7 +90,7 @@ class FilesImage:
         # (pid, OpenFd, file id) of every open file description so far, over the whole tree: fds of
         # processes that share one (dup, fork) get one id
         self.descriptions = []
-        self.pipes_read = set()  # pipe inodes whose data is saved already
+        self.pipes_read = set()  # pipe inodes, ("fifo", inode) of FIFOs, whose data is saved already
         self.ghosts = {}  # file id -> (path to read it through, stat) of deleted files still mapped
 
     def new_id(self):
@@ -191,7 +192,7 @@ class OpenFd:
 
 
 # kind -> fdinfo type
-FD_TYPES = {"reg": fdinfo_pb2.REG, "pipe": fdinfo_pb2.PIPE, "unix": fdinfo_pb2.UNIXSK, "eventfd": fdinfo_pb2.EVENTFD,
+FD_TYPES = {"reg": fdinfo_pb2.REG, "pipe": fdinfo_pb2.PIPE, "unix": fdinfo_pb2.UNIXSK, "fifo": fdinfo_pb2.FIFO, "eventfd": fdinfo_pb2.EVENTFD,
             "signalfd": fdinfo_pb2.SIGNALFD, "timerfd": fdinfo_pb2.TIMERFD, "eventpoll": fdinfo_pb2.EVENTPOLL}
 
 
@@ -201,9 +202,7 @@ def _kind(fd, link, st):
     if stat.S_ISSOCK(mode):
         return "socket"  # told apart by inspect_fds
     if stat.S_ISFIFO(mode):
-        if link.startswith("pipe:"):
-            return "pipe"
-        raise _unsupported(fd, "a FIFO", link)
+        return "pipe" if link.startswith("pipe:") else "fifo"
     if link.startswith("anon_inode:"):
         name = link.removeprefix("anon_inode:").strip("[]")
         if name in FD_TYPES:
@@ -270,6 +269,7 @@ class DumpedFds:
     fdinfo: list       # fdinfo_entry, by fd
     pipe_data: list    # (pipe_data_entry, bytes)
     sk_queues: list    # (sk_packet_entry, bytes)
+    fifo_data: list    # (pipe_data_entry, bytes) of FIFOs
 
 
 def dump_fds(pid, open_fds, files, steal_fds):
@@ -295,6 +295,7 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets):
     fdinfo = []
     sk_queues = []
     pipe_readers = {}  # pipe inode -> OpenFd of the first read end: where its data is read from
+    fifo_readers = {}  # the same for FIFOs
     for open_fd in open_fds:
         file_id = next((file_id for other_pid, other, file_id in files.descriptions
                         if (other.st.st_dev, other.st.st_ino) == (open_fd.st.st_dev, open_fd.st.st_ino)
@@ -322,6 +323,13 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets):
                 watched = eventpoll.registered(pid, open_fd.fd)
                 eventpoll.check(open_fd.fd, watched, open_fds)
                 files.add(fdinfo_pb2.EVENTPOLL, "epfd", eventpoll.eventpoll_entry(file_id, flags, watched, _no_owner()))
+            elif open_fd.kind == "fifo":
+                # by path, as a regular file of its own id, which the FIFO entry names (as CRIU)
+                path = _checked_path(f"fd {open_fd.fd}", open_fd.link, open_fd.st)
+                regf_id = files.new_id()
+                files.add_reg(_reg_entry(regf_id, flags, 0, path, open_fd.st, open_fd.info.mnt_id))
+                files.add(fdinfo_pb2.FIFO, "fifo", fifo_pb2.fifo_entry(id=file_id, pipe_id=open_fd.st.st_ino,
+                                                                       regf_id=regf_id))
             else:
                 path = _checked_path(f"fd {open_fd.fd}", open_fd.link, open_fd.st)
                 files.add_reg(_reg_entry(file_id, flags, open_fd.info.pos, path, open_fd.st, open_fd.info.mnt_id))
@@ -329,10 +337,15 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets):
                 and open_fd.st.st_ino not in files.pipes_read):
             files.pipes_read.add(open_fd.st.st_ino)
             pipe_readers[open_fd.st.st_ino] = open_fd
+        if (open_fd.kind == "fifo" and open_fd.info.flags & os.O_ACCMODE != os.O_WRONLY
+                and ("fifo", open_fd.st.st_ino) not in files.pipes_read):
+            files.pipes_read.add(("fifo", open_fd.st.st_ino))
+            fifo_readers[open_fd.st.st_ino] = open_fd
         fdinfo.append(fdinfo_pb2.fdinfo_entry(id=file_id, flags=FD_CLOEXEC if open_fd.info.flags & O_CLOEXEC else 0,
                                               type=FD_TYPES[open_fd.kind], fd=open_fd.fd))
     pipe_data = _pipe_contents(list(pipe_readers.items()), steal_fds) if pipe_readers else []
-    return DumpedFds(fdinfo, pipe_data, sk_queues)
+    fifo_data = _pipe_contents(list(fifo_readers.items()), steal_fds) if fifo_readers else []
+    return DumpedFds(fdinfo, pipe_data, sk_queues, fifo_data)
 
 
 def _pipe_contents(readers, steal_fds):

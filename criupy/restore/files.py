@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass, field
 
 from criupy.errors import CriupyError
-from criupy.restore.fds import anon, eventpoll, unix
+from criupy.restore.fds import anon, eventpoll, fifo, unix
 from criupy.images.pb import fdinfo_pb2
 from criupy.restore.memory import VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
@@ -131,14 +131,30 @@ def _open_pipes(task, opened):
             continue
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         pipes[entry.pipe.pipe_id] = (opened.hold(read_end), opened.hold(write_end))
-        dumped = task.pipe_data.get(entry.pipe.pipe_id)
-        if dumped:
-            data_entry, data = dumped
-            capacity = max(data_entry.size if data_entry.HasField("size") else 0, len(data))
-            if capacity > 65536:
-                fcntl.fcntl(write_end, F_SETPIPE_SZ, capacity)
-            os.write(write_end, data)
+        _refill(write_end, task.pipe_data.get(entry.pipe.pipe_id))
     return pipes
+
+
+def _refill(write_end, dumped):
+    """Write a pipe's dumped (pipe_data_entry, bytes) back into it, its capacity first."""
+    if dumped:
+        data_entry, data = dumped
+        capacity = max(data_entry.size if data_entry.HasField("size") else 0, len(data))
+        if capacity > 65536:
+            fcntl.fcntl(write_end, F_SETPIPE_SZ, capacity)
+        os.write(write_end, data)
+
+
+def _open_fifos(task, opened):
+    """A keeper (see criupy/restore/fds/fifo.py) per FIFO, its data written back: pipe_id -> keeper fd."""
+    keepers = {}
+    for entry in task.files.values():
+        if entry.type != fdinfo_pb2.FIFO or entry.fifo.pipe_id in keepers:
+            continue
+        keeper = opened.hold(fifo.open_keeper(_path(_reg(task, entry.fifo.regf_id, "a FIFO"))))
+        keepers[entry.fifo.pipe_id] = keeper
+        _refill(keeper, task.fifo_data.get(entry.fifo.pipe_id))
+    return keepers
 
 
 def open_files(tasks):
@@ -149,12 +165,13 @@ def open_files(tasks):
     opened = {task.pid: OpenedFiles(held=held) for task in tasks}
     ghost_paths = _create_ghosts(tasks[0])
     try:
-        # files.img, pipes-data and sk-queues are the tree's: pipes and socket pairs are made once
+        # files.img, pipes-data, sk-queues and fifo-data are the tree's: pipes, socket pairs and FIFOs are made once
         pipes = _open_pipes(tasks[0], opened[tasks[0].pid])
         sockets = _open_socket_pairs(tasks[0], opened[tasks[0].pid])
+        fifos = _open_fifos(tasks[0], opened[tasks[0].pid])
         by_file_id = {}
         for task in tasks:
-            _open_all(task, opened[task.pid], pipes, sockets, by_file_id)
+            _open_all(task, opened[task.pid], pipes, sockets, fifos, by_file_id)
     except BaseException:
         for fd in held:
             os.close(fd)
@@ -204,7 +221,7 @@ def _open_socket_pairs(task, opened):
     return fds
 
 
-def _open_all(task, opened, pipes, sockets, by_file_id):
+def _open_all(task, opened, pipes, sockets, fifos, by_file_id):
     epolls = {}  # file id -> (its fd number here, eventpoll_file_entry) of each epoll first opened for this task
     for fdinfo in sorted(task.fdinfo, key=lambda e: e.fd):
         source = by_file_id.get(fdinfo.id)
@@ -222,6 +239,10 @@ def _open_all(task, opened, pipes, sockets, by_file_id):
                 fcntl.fcntl(source, fcntl.F_SETFL, entry.pipe.flags & STATUS_FLAGS)
             elif entry.type == fdinfo_pb2.UNIXSK:
                 source = sockets[fdinfo.id]
+            elif entry.type == fdinfo_pb2.FIFO:
+                reg = _reg(task, entry.fifo.regf_id, f"fd {fdinfo.fd}")
+                source = opened.hold(fifo.open_end(_path(reg), reg.flags & ~OPEN_FLAGS_DROPPED,
+                                                   reg.flags & STATUS_FLAGS, fifos[entry.fifo.pipe_id]))
             elif entry.type in OPENERS:
                 field, opener = OPENERS[entry.type]
                 source = opened.hold(opener(getattr(entry, field)))

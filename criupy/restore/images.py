@@ -35,6 +35,7 @@ class DumpedTask:
     fs: object = None     # fs_entry
     pipe_data: dict = field(default_factory=dict)  # pipe_id -> (pipe_data_entry, bytes), the tree's
     sk_queues: dict = field(default_factory=dict)  # socket file id -> [bytes of each queued message], the tree's
+    fifo_data: dict = field(default_factory=dict)  # FIFO pipe_id -> (pipe_data_entry, bytes), the tree's
     thread_cores: dict = field(default_factory=dict)  # TID -> core_entry of each thread but the leader
     ghosts: dict = field(default_factory=dict)  # files.img id -> (ghost_file_entry, contents), the tree's
 
@@ -105,17 +106,13 @@ def read_tree(images_dir):
     files = {}
     for entry in _read(images, "files", required=False):
         files[entry.id] = entry
-    pipe_data = {}
-    for entry, data in _read_with_payloads(images, "pipes-data"):
-        if len(data) != entry.bytes:
-            raise CriupyError(f"image pipes-data.img is truncated: pipe {entry.pipe_id} has {len(data)} of "
-                              f"{entry.bytes} bytes")
-        pipe_data[entry.pipe_id] = (entry, data)
+    pipe_data, fifo_data = _pipe_data(images, "pipes-data"), _pipe_data(images, "fifo-data")
     sk_queues = {}
     for entry, data in _read_with_payloads(images, "sk-queues"):
         if len(data) != entry.length:
             raise CriupyError(f"image sk-queues.img is truncated: a message of {len(data)} of {entry.length} bytes")
         sk_queues.setdefault(entry.id_for, []).append(data)
+<<<<<<< HEAD
     ghosts = _read_ghosts(images, files)
     return [_read_task(images, entry, files, pipe_data, sk_queues, ghosts) for entry in tree]
 
@@ -138,6 +135,20 @@ def _read_ghosts(images, files):
             raise CriupyError(f"image {name}.img is truncated or in chunks (not supported)")
         ghosts[remap.orig_id] = (entry, data)
     return ghosts
+=======
+    return [_read_task(images, entry, files, pipe_data, sk_queues, fifo_data) for entry in tree]
+
+
+def _pipe_data(images, name):
+    """pipe_id -> (pipe_data_entry, bytes) of image name (pipes-data, fifo-data)."""
+    pipe_data = {}
+    for entry, data in _read_with_payloads(images, name):
+        if len(data) != entry.bytes:
+            raise CriupyError(f"image {name}.img is truncated: pipe {entry.pipe_id} has {len(data)} of "
+                              f"{entry.bytes} bytes")
+        pipe_data[entry.pipe_id] = (entry, data)
+    return pipe_data
+>>>>>>> b067c65 (FIFOs: dumped by path (FIFO entry naming a REG entry, as CRIU) with their buffered data in fifo-data.img; restored through a read-write keeper so no end blocks, data written back once; one pipe-refill helper for pipes and FIFOs; test against a never-dumped run)
 
 
 def _check_tree(tree):
@@ -154,7 +165,11 @@ def _check_tree(tree):
         pids.add(entry.pid)
 
 
+<<<<<<< HEAD
 def _read_task(images, entry, files, pipe_data, sk_queues, ghosts):
+=======
+def _read_task(images, entry, files, pipe_data, sk_queues, fifo_data):
+>>>>>>> b067c65 (FIFOs: dumped by path (FIFO entry naming a REG entry, as CRIU) with their buffered data in fifo-data.img; restored through a read-write keeper so no end blocks, data written back once; one pipe-refill helper for pipes and FIFOs; test against a never-dumped run)
     pid = entry.pid
     core = _one(images, f"core-{pid}")
     if not core.HasField("tc"):
@@ -178,7 +193,11 @@ def _read_task(images, entry, files, pipe_data, sk_queues, ghosts):
     task.files = files
     task.pipe_data = pipe_data
     task.sk_queues = sk_queues
+<<<<<<< HEAD
     task.ghosts = ghosts
+=======
+    task.fifo_data = fifo_data
+>>>>>>> b067c65 (FIFOs: dumped by path (FIFO entry naming a REG entry, as CRIU) with their buffered data in fifo-data.img; restored through a read-write keeper so no end blocks, data written back once; one pipe-refill helper for pipes and FIFOs; test against a never-dumped run)
     return task
 
 

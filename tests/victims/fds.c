@@ -1,7 +1,7 @@
 /* fds TRIGGER KIND: opens fds of one kind with state in them (queued messages, counters, timers...),
  * prints "ready", waits (sleeping) until the file TRIGGER exists, then prints what its fds hold and how
  * they behave, and exits. A run that was dumped and restored while it waited must print the same as a
- * run that never was. KIND: unix, anon (eventfd, signalfd, timerfd, epoll). */
+ * run that never was. KIND: unix, anon (eventfd, signalfd, timerfd, epoll), fifo. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -201,6 +202,39 @@ static void anon_report(void)
 	printf("epoll then: %d ready\n", n);
 }
 
+/* FIFO TRIGGER.a: read end 30 (non-blocking), write end 31, data in it; FIFO TRIGGER.b open read-write at
+ * 32 (close-on-exec), data in it. */
+static void fifo_setup(const char *trigger)
+{
+	char a[4096], b[4096];
+
+	snprintf(a, sizeof(a), "%s.a", trigger);
+	snprintf(b, sizeof(b), "%s.b", trigger);
+	if (mkfifo(a, 0600) || mkfifo(b, 0600))
+		die("mkfifo");
+	at(open(a, O_RDONLY | O_NONBLOCK), 30);
+	at(open(a, O_WRONLY), 31);
+	at(open(b, O_RDWR | O_CLOEXEC), 32);
+	if (write(31, "fifo one\n", 9) != 9 || write(31, "fifo two\n", 9) != 9 || write(32, "both ends", 9) != 9)
+		die("write");
+}
+
+static void fifo_report(void)
+{
+	char buf[256];
+	ssize_t n = read(30, buf, sizeof(buf));
+
+	printf("fifo 30: '%.*s'\n", (int)(n > 0 ? n : 0), buf);
+	n = read(30, buf, sizeof(buf));
+	printf("fifo 30 then: %s\n", n < 0 && errno == EAGAIN ? "EAGAIN" : "readable");
+	n = read(32, buf, sizeof(buf));
+	printf("fifo 32: '%.*s'\n", (int)(n > 0 ? n : 0), buf);
+	if (write(31, "after", 5) != 5)
+		die("write");
+	n = read(30, buf, sizeof(buf));
+	printf("fifo 30 after: '%.*s'\n", (int)(n > 0 ? n : 0), buf);
+}
+
 int main(int argc, char **argv)
 {
 	struct timespec nap = { 0, 5000000 };
@@ -212,6 +246,8 @@ int main(int argc, char **argv)
 		unix_setup();
 	else if (!strcmp(argv[2], "anon"))
 		anon_setup();
+	else if (!strcmp(argv[2], "fifo"))
+		fifo_setup(argv[1]);
 	else
 		return 2;
 	printf("ready\n");
@@ -219,7 +255,9 @@ int main(int argc, char **argv)
 		nanosleep(&nap, NULL);
 	if (!strcmp(argv[2], "unix"))
 		unix_report();
-	else
+	else if (!strcmp(argv[2], "anon"))
 		anon_report();
+	else
+		fifo_report();
 	return 0;
 }
