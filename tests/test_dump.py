@@ -275,6 +275,19 @@ def test_a_dump_failing_while_the_process_is_stopped_resumes_it_and_removes_its_
     assert sorted(os.listdir(images)) == ["notes.txt"]
 
 
+def test_a_failed_dump_removes_the_images_directory_it_made(python_victim, tmp_path, monkeypatch):
+    process, _ = python_victim
+    monkeypatch.setenv("CRIUPY_TEST_PARASITE_FAULT", "dump_pages:crash")
+    images = tmp_path / "new" / "images"
+    images.parent.mkdir()
+
+    with pytest.raises(CriupyError):
+        criupy.dump(process.pid, str(images), leave_running=True)
+
+    assert_running_untraced(process.pid)
+    assert os.listdir(images.parent) == []
+
+
 @pytest.mark.parametrize("setup, message", [
     pytest.param("import ctypes, os\nfd = os.memfd_create('m')\nos.ftruncate(fd, 4096)\n"
                  "libc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"

@@ -73,6 +73,9 @@ def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, v
             for name in set(images.names()) - written_before:
                 with contextlib.suppress(OSError):
                     os.unlink(images.path(name))
+            if images.created:
+                with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
+                    os.rmdir(images_dir)
             raise
         log.info("dumped PID %d into %s", pid, images_dir)
 

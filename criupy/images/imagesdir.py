@@ -144,6 +144,7 @@ class ImagesDir:
             raise ValueError(f"mode must be 'r' or 'w', not {mode!r}")
         self.dir = path
         self.mode = mode
+        self.created = False  # True when writing made the directory
         if mode == "w":
             self._prepare_for_writing(overwrite)
         elif not os.path.isdir(path):
@@ -159,6 +160,7 @@ class ImagesDir:
             except OSError as e:
                 raise CriupyError(f"cannot create images directory {path}: {e.strerror}") from None
             os.chmod(path, _DIR_MODE)
+            self.created = True
             return
         if not os.path.isdir(path):
             raise CriupyError(f"images directory {path} is not a directory")
