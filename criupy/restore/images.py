@@ -112,9 +112,8 @@ def read_tree(images_dir):
         if len(data) != entry.length:
             raise CriupyError(f"image sk-queues.img is truncated: a message of {len(data)} of {entry.length} bytes")
         sk_queues.setdefault(entry.id_for, []).append(data)
-<<<<<<< HEAD
     ghosts = _read_ghosts(images, files)
-    return [_read_task(images, entry, files, pipe_data, sk_queues, ghosts) for entry in tree]
+    return [_read_task(images, entry, files, pipe_data, sk_queues, fifo_data, ghosts) for entry in tree]
 
 
 def _read_ghosts(images, files):
@@ -135,8 +134,6 @@ def _read_ghosts(images, files):
             raise CriupyError(f"image {name}.img is truncated or in chunks (not supported)")
         ghosts[remap.orig_id] = (entry, data)
     return ghosts
-=======
-    return [_read_task(images, entry, files, pipe_data, sk_queues, fifo_data) for entry in tree]
 
 
 def _pipe_data(images, name):
@@ -148,7 +145,6 @@ def _pipe_data(images, name):
                               f"{entry.bytes} bytes")
         pipe_data[entry.pipe_id] = (entry, data)
     return pipe_data
->>>>>>> b067c65 (FIFOs: dumped by path (FIFO entry naming a REG entry, as CRIU) with their buffered data in fifo-data.img; restored through a read-write keeper so no end blocks, data written back once; one pipe-refill helper for pipes and FIFOs; test against a never-dumped run)
 
 
 def _check_tree(tree):
@@ -165,11 +161,7 @@ def _check_tree(tree):
         pids.add(entry.pid)
 
 
-<<<<<<< HEAD
-def _read_task(images, entry, files, pipe_data, sk_queues, ghosts):
-=======
-def _read_task(images, entry, files, pipe_data, sk_queues, fifo_data):
->>>>>>> b067c65 (FIFOs: dumped by path (FIFO entry naming a REG entry, as CRIU) with their buffered data in fifo-data.img; restored through a read-write keeper so no end blocks, data written back once; one pipe-refill helper for pipes and FIFOs; test against a never-dumped run)
+def _read_task(images, entry, files, pipe_data, sk_queues, fifo_data, ghosts):
     pid = entry.pid
     core = _one(images, f"core-{pid}")
     if not core.HasField("tc"):
@@ -193,11 +185,8 @@ def _read_task(images, entry, files, pipe_data, sk_queues, fifo_data):
     task.files = files
     task.pipe_data = pipe_data
     task.sk_queues = sk_queues
-<<<<<<< HEAD
-    task.ghosts = ghosts
-=======
     task.fifo_data = fifo_data
->>>>>>> b067c65 (FIFOs: dumped by path (FIFO entry naming a REG entry, as CRIU) with their buffered data in fifo-data.img; restored through a read-write keeper so no end blocks, data written back once; one pipe-refill helper for pipes and FIFOs; test against a never-dumped run)
+    task.ghosts = ghosts
     return task
 
 
