@@ -116,7 +116,7 @@ REFUSED = [
     pytest.param("s = socket.socket(socket.AF_UNIX)\ns.bind(PATH)\nfd = s.fileno()",
                  r"^fd {fd} is a unix socket bound to \S+/bound.sock: not supported yet$", id="bound"),
     pytest.param("s = socket.socket(socket.AF_UNIX)\ns.connect(LISTENING)\nfd = s.fileno()",
-                 r"^fd {fd} is a unix socket connected to a socket outside the process: not supported yet$",
+                 r"^fd {fd} is a unix socket connected to a socket outside the dumped processes: not supported yet$",
                  id="outside-peer"),
     pytest.param("a, b = socket.socketpair()\nb.close()\nfd = a.fileno()",
                  r"^fd {fd} is a unix socket whose peer is closed \(or not accepted yet\): not supported yet$", id="peer-closed"),

@@ -269,6 +269,44 @@ def test_cpython_multiprocessing_carries_on(kind, processes, trees, tmp_path):
     assert pairs == [(n, n * n) for n in range(len(pairs))]
 
 
+SOCKET_PAIR = """
+import os, socket, time
+parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+if os.fork() == 0:
+    parent_end.close()
+    while True:
+        n = int(child_end.recv(64))
+        child_end.send(str(n * n).encode())
+        time.sleep(0.01)  # slower than the parent asks: requests wait in the queue
+child_end.close()
+asked = answered = 0
+while True:
+    while asked < answered + 5:
+        parent_end.send(str(asked).encode())
+        asked += 1
+    print(answered, int(parent_end.recv(64)), flush=True)
+    answered += 1
+"""
+
+
+def test_a_socket_pair_between_parent_and_child_carries_on_with_its_queue(processes, trees, tmp_path):
+    output = tmp_path / "pair.out"
+    with open(output, "w") as out:
+        root = processes.start([sys.executable, "-c", SOCKET_PAIR], stdout=out, **QUIET)
+    trees.append(root.pid)
+    wait_for(lambda: len(lines(output)) > 20, "the pair to talk")
+    images = tmp_path / "images"
+    before = dump_tree(root, images)
+    assert ImagesDir(str(images), "r").read_with_payloads("sk-queues")  # requests were waiting
+    for pid in before:
+        processes.track(pid)
+    restore(str(images), detach=True)
+    count = len(lines(output))
+    wait_for(lambda: len(lines(output)) > count + 30, "the pair to go on")
+    pairs = [tuple(map(int, line.split())) for line in lines(output)]
+    assert pairs == [(n, n * n) for n in range(len(pairs))]
+
+
 def test_a_dump_failing_while_the_tree_is_stopped_resumes_every_process(victim, processes, trees, tmp_path, monkeypatch):
     from criupy.dump import shmem
 

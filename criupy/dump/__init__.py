@@ -85,10 +85,11 @@ def _dump(pid, images, leave_running, hooks):
 
     # Refuse what criupy cannot dump while the tree still runs untouched (a process that comes or
     # goes meanwhile is judged once seized).
-    files.inspect_fds(pid)
+    descendants = _descendants(pid)
+    files.inspect_fds(pid, descendants)
     memory.check_mappings(pid)
-    for descendant in _descendants(pid):
-        _suppress_gone(_check_process, descendant)
+    for descendant in descendants:
+        _suppress_gone(lambda p: _check_process(p, [pid] + descendants), descendant)
 
     stats = DumpStats()
     started = time.monotonic()
@@ -130,13 +131,13 @@ def _descendants(pid):
     return found
 
 
-def _check_process(pid):
+def _check_process(pid, tree_pids):
     from criupy.dump import files, memory, tree
 
     if proc.stat(pid).state in ("Z", "X"):
         return
     tree.check_task(pid)
-    files.inspect_fds(pid)
+    files.inspect_fds(pid, tree_pids)
     memory.check_mappings(pid)
 
 
@@ -170,7 +171,7 @@ def _dump_seized(frozen, images, stats):
             continue
         pstree.append(tree.pstree_entry(stat, member.group.tids, is_root=member.parent == 0))
         dumped_fds = _dump_process(member.pid, member.group, stat, pages_id, images, stats, files_image,
-                                   shared_memory, ids)
+                                   shared_memory, ids, frozen.pids())
         pipe_data += dumped_fds.pipe_data
         sk_queues += dumped_fds.sk_queues
         fifo_data += dumped_fds.fifo_data
@@ -191,7 +192,7 @@ def _dump_seized(frozen, images, stats):
         images.write("fifo-data", [entry for entry, _ in fifo_data], payloads=[data for _, data in fifo_data])
 
 
-def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared_memory, ids):
+def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared_memory, ids, tree_pids):
     """The images of one seized process (core per thread, ids, mm, pagemap + pages-<pages_id>, fdinfo, fs).
 
     Returns its DumpedFds: the pipe data and socket queues first read here go in the tree's images."""
@@ -201,7 +202,7 @@ def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared
     # Everything read from outside first, while nothing of criupy's is in the task yet: the parasite's
     # memfd, and the code page the injector borrows, would otherwise show in the mappings and pagemap.
     status = tree.check_task(pid)  # again: it may have changed before it was stopped
-    open_fds = files.inspect_fds(pid)
+    open_fds = files.inspect_fds(pid, tree_pids)
     vmas = memory.collect_vmas(pid, files_image)
     shared_memory.add_vmas(pid, vmas)
     memdump_started = time.monotonic()

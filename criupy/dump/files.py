@@ -222,8 +222,10 @@ def _kind(fd, link, st):
     return "reg"
 
 
-def inspect_fds(pid):
-    """The task's open fds, each checked to be of a kind criupy dumps (else CriupyError naming it)."""
+def inspect_fds(pid, tree_pids=()):
+    """The task's open fds, each checked to be of a kind criupy dumps (else CriupyError naming it).
+
+    tree_pids: the other processes dumped with it; a unix socket's peer may be open in one of them."""
     result = []
     sockets = None  # every unix socket, listed once the task has any socket
     for fd in proc.fds(pid):
@@ -246,12 +248,32 @@ def inspect_fds(pid):
                 raise _unsupported(fd, "a socket", link)  # not a unix socket
         result.append(open_fd)
     task_sockets = {open_fd.sock.ino for open_fd in result if open_fd.kind == "unix"}
+    if sockets is not None:
+        task_sockets |= _socket_inodes(other for other in tree_pids if other != pid)
     for open_fd in result:
         if open_fd.kind == "unix":
             unix.check(open_fd.fd, open_fd.sock, task_sockets)
         elif open_fd.kind == "eventpoll":
             eventpoll.check(open_fd.fd, eventpoll.registered(pid, open_fd.fd), result)
     return result
+
+
+def _socket_inodes(pids):
+    """The inodes of the sockets the processes have open (those that are gone meanwhile count for none)."""
+    found = set()
+    for pid in pids:
+        try:
+            fds = proc.fds(pid)
+        except CriupyError:
+            continue
+        for fd in fds:
+            try:
+                link = proc.fd_link(pid, fd)
+            except (CriupyError, FileNotFoundError):
+                continue
+            if link.startswith("socket:["):
+                found.add(int(link[len("socket:["):-1]))
+    return found
 
 
 def _same_description(pid1, fd1, pid2, fd2):

@@ -2,7 +2,8 @@
 
 What the kernel knows of a unix socket (its type, state, name, peer, shutdown) comes from sock_diag
 (NETLINK_SOCK_DIAG), as `ss -x` reads it. criupy dumps unnamed connected sockets whose peer is open in
-the same process (socketpair); any other unix socket stops the dump, naming the fd.
+the same process or another of the dumped tree (socketpair); any other unix socket stops the dump,
+naming the fd.
 
 The queued messages are read from a copy of the socket (stolen by the parasite) with MSG_PEEK and
 SO_PEEK_OFF, so each recvmsg returns the next message and none is taken from the queue; the socket's
@@ -91,7 +92,8 @@ def unix_sockets():
 
 
 def check(fd, sock, task_sockets):
-    """Raise naming fd unless sock is one end of a pair the task holds both ends of."""
+    """Raise naming fd unless sock is one end of a pair whose other end is in task_sockets (the task's,
+    and those of the other processes dumped with it)."""
     if sock.name:
         # an abstract name starts with a NUL (shown as @, as ss does); a path ends with one
         name = "@" + sock.name[1:].decode(errors="replace") if sock.name[0] == 0 else \
@@ -104,7 +106,8 @@ def check(fd, sock, task_sockets):
     if sock.peer == 0:
         raise CriupyError(f"fd {fd} is a unix socket whose peer is closed (or not accepted yet): not supported yet")
     if sock.peer not in task_sockets:
-        raise CriupyError(f"fd {fd} is a unix socket connected to a socket outside the process: not supported yet")
+        raise CriupyError(f"fd {fd} is a unix socket connected to a socket outside the dumped processes: "
+                          f"not supported yet")
 
 
 def _opts(sock):
