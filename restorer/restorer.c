@@ -281,9 +281,8 @@ static void restore_rlimits(struct rst_args *a)
 }
 
 /* Credentials go last: they may drop the privileges everything before needs. */
-static void restore_creds(struct rst_args *a)
+static void restore_creds(struct rst_creds *c)
 {
-	struct rst_creds *c = &a->creds;
 	struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
 	struct __user_cap_data_struct data[2];
 
@@ -402,7 +401,7 @@ void __attribute__((noreturn)) restorer_thread_main(struct rst_thread *t)
 	unsigned long frame = build_sigframe(t);
 
 	restore_thread(t);
-	restore_creds(a);
+	restore_creds(t->creds ? (struct rst_creds *)t->creds : &a->creds);
 	call_hook(a, a->hook_pre_sigreturn, "criupy_hook_pre_sigreturn", &t->regs);
 	__atomic_add_fetch(&a->threads_ready, 1, __ATOMIC_SEQ_CST);
 	futex_wake(&a->threads_ready);
@@ -489,7 +488,7 @@ void __attribute__((noreturn)) restorer_main(struct rst_args *a)
 	restore_sigactions(a);
 	restore_rlimits(a);
 	wait_for_threads(a);
-	restore_creds(a); /* after the threads are created: set_tid may need the capabilities dropped here */
+	restore_creds(&a->creds); /* after the threads are created: set_tid may need the capabilities dropped here */
 	call_hook(a, a->hook_pre_sigreturn, "criupy_hook_pre_sigreturn", &a->leader.regs);
 	pr_debug("restorer: returning to the dumped code");
 

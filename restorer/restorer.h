@@ -126,6 +126,7 @@ struct rst_thread {
 	char comm[16];
 	__u64 signals;    /* struct rst_signal[nr_signals]: pending for this thread only */
 	__u32 nr_signals, pad3;
+	__u64 creds;      /* its own struct rst_creds (credentials are per thread); 0: the leader's, args->creds */
 };
 
 struct rst_args {

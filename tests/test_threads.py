@@ -24,7 +24,9 @@ libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _lines(path):
-    return path.read_text().splitlines()
+    """The complete lines written so far (a line being written may show in part)."""
+    text = path.read_text()
+    return text[: text.rfind("\n") + 1].splitlines()
 
 
 def _start(processes, argv, output):
@@ -33,11 +35,12 @@ def _start(processes, argv, output):
 
 
 def _thread_state(pid):
-    """{tid: (name, blocked signals, signals pending for it, nice, policy)} of every thread of pid."""
+    """{tid: (name, blocked signals, signals pending for it, nice, policy, user and group IDs, capabilities)}
+    of every thread of pid."""
     def state(tid):
         status = proc.status(tid)
         return (proc.thread_comm(pid, tid), status["SigBlk"], status["SigPnd"], os.getpriority(os.PRIO_PROCESS, tid),
-                os.sched_getscheduler(tid))
+                os.sched_getscheduler(tid), status["Uid"], status["Gid"], status["CapEff"])
     return {tid: state(tid) for tid in proc.task_ids(pid)}
 
 

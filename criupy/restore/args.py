@@ -109,6 +109,7 @@ class Thread(Struct):
         ("rseq", Rseq),
         ("comm", ctypes.c_char * 16),
         ("signals", u64), ("nr_signals", u32), ("pad3", u32),
+        ("creds", u64),
     ]
 
 

@@ -64,8 +64,10 @@ class ThreadArgs:
 
     def size(self):
         """Argument bytes of a thread other than the leader, alignment slack included."""
+        groups = len(self.core.thread_core.creds.groups)
         return (ctypes.sizeof(rst.Thread) + len(self.xsave) + 64 + SIGFRAME_SIZE + THREAD_STACK_SIZE
-                + len(self.signals) * ctypes.sizeof(rst.Signal) + 2 * PAGE_SIZE)
+                + len(self.signals) * ctypes.sizeof(rst.Signal) + ctypes.sizeof(rst.Creds) + 4 * groups + 8
+                + 2 * PAGE_SIZE)
 
 
 def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=False, plugin=None, images_fd=-1):
@@ -89,13 +91,28 @@ def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=Fal
         plugin,
     )
     try:
-        _fill(region, task, plan, opened, leader, others, signals, timers, groups, pages_fd, log_fd, go_fd,
+        _fill(region, task, plan, opened, leader, others, signals, timers, pages_fd, log_fd, go_fd,
               first_own_fd, verbose)
         _fill_plugin(region, images_fd)
     except BaseException:
         region.unmap()
         raise
     return region
+
+
+def _fill_creds(region, slot, c):
+    """An rst_creds from a creds_entry."""
+    slot.present = 1
+    slot.uid, slot.euid, slot.suid, slot.fsuid = c.uid, c.euid, c.suid, c.fsuid
+    slot.gid, slot.egid, slot.sgid, slot.fsgid = c.gid, c.egid, c.sgid, c.fsgid
+    slot.secbits = c.secbits
+    slot.no_new_privs = c.no_new_privs
+    slot.last_cap = _cap_last_cap()
+    for name in ("cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"):
+        words = list(getattr(c, name))[:2]
+        getattr(slot, name)[: len(words)] = words
+    slot.nr_groups = len(c.groups)
+    slot.groups = region.bytes(b"".join(g.to_bytes(4, "little") for g in c.groups) or b"\0" * 4)
 
 
 def _fill_thread(region, slot, thread_args, with_stack):
@@ -129,9 +146,12 @@ def _fill_thread(region, slot, thread_args, with_stack):
     if with_stack:
         slot.stack = region.allocate(THREAD_STACK_SIZE, PAGE_SIZE)
         slot.stack_size = THREAD_STACK_SIZE
+        if thread.HasField("creds"):
+            slot.creds = region.allocate(ctypes.sizeof(rst.Creds))
+            _fill_creds(region, rst.Creds.from_address(slot.creds), thread.creds)
 
 
-def _fill(region, task, plan, opened, leader, others, signals, timers, groups, pages_fd, log_fd, go_fd,
+def _fill(region, task, plan, opened, leader, others, signals, timers, pages_fd, log_fd, go_fd,
           first_own_fd, verbose):
     core = task.core
     thread = core.thread_core
@@ -205,18 +225,7 @@ def _fill(region, task, plan, opened, leader, others, signals, timers, groups, p
         slot.cur, slot.max = limit.cur, limit.max
 
     if thread.HasField("creds"):
-        c = thread.creds
-        a.creds.present = 1
-        a.creds.uid, a.creds.euid, a.creds.suid, a.creds.fsuid = c.uid, c.euid, c.suid, c.fsuid
-        a.creds.gid, a.creds.egid, a.creds.sgid, a.creds.fsgid = c.gid, c.egid, c.sgid, c.fsgid
-        a.creds.secbits = c.secbits
-        a.creds.no_new_privs = c.no_new_privs
-        a.creds.last_cap = _cap_last_cap()
-        for name in ("cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"):
-            words = list(getattr(c, name))[:2]
-            getattr(a.creds, name)[: len(words)] = words
-        a.creds.nr_groups = len(groups)
-        a.creds.groups = region.bytes(b"".join(g.to_bytes(4, "little") for g in groups) or b"\0" * 4)
+        _fill_creds(region, a.creds, thread.creds)
 
     _fill_thread(region, a.leader, leader, with_stack=False)
     a.threads = region.allocate(ctypes.sizeof(rst.Thread) * max(len(others), 1))

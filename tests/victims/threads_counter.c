@@ -2,7 +2,9 @@
  * in thread-local storage and prints "THREAD COUNT" on its turn, so every thread's numbers must go on
  * with no gap and no repeat, in turn order, after a dump and restore. Each thread names itself "count-I"
  * and blocks its own signal (SIGRTMIN + I, for the first 24), so names and masks differ per thread;
- * thread 1 runs at nice 5, thread 2 under SCHED_BATCH, thread 3 has its own alternate signal stack. */
+ * thread 1 runs at nice 5, thread 2 under SCHED_BATCH, thread 3 has its own alternate signal stack,
+ * thread 4 has its own effective user and group IDs (set with the raw system calls: glibc would set
+ * them in every thread). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -11,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +49,10 @@ static void *counter(void *arg)
 		stack_t ss = { .ss_sp = altstack, .ss_size = sizeof(altstack) };
 
 		sigaltstack(&ss, NULL);
+	}
+	if (me == 4 && getuid() == 0) {
+		syscall(SYS_setresgid, -1, 65534, -1);
+		syscall(SYS_setresuid, -1, 65534, -1);
 	}
 	for (;;) {
 		pthread_mutex_lock(&lock);
