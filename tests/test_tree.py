@@ -307,6 +307,29 @@ def test_a_socket_pair_between_parent_and_child_carries_on_with_its_queue(proces
     assert pairs == [(n, n * n) for n in range(len(pairs))]
 
 
+def test_a_group_whose_leader_is_gone_is_led_by_a_helper_while_its_members_join(victim, processes, trees,
+                                                                               tmp_path):
+    output = tmp_path / "orphan.out"
+    with open(output, "w") as out:
+        root = processes.start([victim("orphan_group")], stdout=out, start_new_session=True, **QUIET)
+    trees.append(root.pid)
+    wait_for(lambda: len(numbered(output, "y")) > 10 and len(numbered(output, "root")) > 10, "the tree to start")
+    leader, member = map(int, next(line for line in lines(output) if line.startswith("ready")).split()[1:])
+    images = tmp_path / "images"
+    before = dump_tree(root, images)
+    assert before[member][1] == leader and leader not in before
+    for pid in before:
+        processes.track(pid)
+    restore(str(images), detach=True)
+    assert tree_of(root.pid) == before  # the member in the leaderless group, the helper gone
+    assert not os.path.exists(f"/proc/{leader}")
+    counts = {name: len(numbered(output, name)) for name in ("y", "root")}
+    wait_for(lambda: all(len(numbered(output, name)) > counts[name] + 20 for name in counts), "the tree to go on")
+    for name in counts:
+        numbers = numbered(output, name)
+        assert numbers == list(range(len(numbers))), name
+
+
 def test_a_dump_failing_while_the_tree_is_stopped_resumes_every_process(victim, processes, trees, tmp_path, monkeypatch):
     from criupy.dump import shmem
 

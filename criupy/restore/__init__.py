@@ -58,7 +58,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks):
         hook.parse_spec(spec)  # a malformed LIB:SYMBOL is refused before anything is made
     plugin = load_plugin(pie_plugin) if pie_plugin else None
     tasks = read_tree(images_dir)
-    check_tree(tasks)
+    helpers = check_tree(tasks)
     live = [task for task in tasks if not task.zombie]
     plans = {task.pid: plan_memory(task) for task in live}
     opened = open_files(live)
@@ -90,7 +90,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks):
                                               first_own_fd, verbose=log.isEnabledFor(logging.DEBUG),
                                               plugin=plugin, images_fd=images_fd)
         creation = TreeCreation(tasks, lambda task: call_restorer(regions[task.pid].entry(),
-                                                                  regions[task.pid].args_address))
+                                                                  regions[task.pid].args_address), helpers)
         restorings = [(Restoring(task.pid, *pipes[task.pid], regions[task.pid].export("restorer_trap"),
                                  regions[task.pid].export("restorer_syscall"),
                                  regions[task.pid].args_address + Args.own_rseq.offset,
