@@ -1,7 +1,7 @@
 """The `criupy` command: a thin layer over the library.
 
 Each subcommand parses its options, calls one library function and turns a CriupyError into
-`criupy: <message>` on stderr with exit status 1. Modules are imported inside the command that needs
+`criupy: <message>` on stderr with exit status 1 (a usage error: one such line, status 2). Modules are imported inside the command that needs
 them, so that a command starts fast.
 """
 
@@ -57,8 +57,15 @@ def cmd_demo(args):
     return demo()
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line like every other error (argparse prints the usage first), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"criupy: {message} (see {self.prog} --help)\n")
+
+
 def _parser():
-    parser = argparse.ArgumentParser(prog="criupy", description="Checkpoint and restore Linux process trees.")
+    parser = _Parser(prog="criupy", description="Checkpoint and restore Linux process trees.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, function, help):

@@ -1,0 +1,101 @@
+"""The `criupy` command: restore waits for the process and takes its exit status, -d and --pidfile,
+the demo, and errors as one `criupy: ...` line with a non-zero exit."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from criupy import proc
+
+CRIUPY = [sys.executable, "-m", "criupy"]
+# Sleeps, then exits with status 7: the status `criupy restore` must exit with.
+SLEEP_THEN_EXIT_7 = "import time\nprint('ready', flush=True)\ntime.sleep(1)\nraise SystemExit(7)\n"
+
+
+def criupy(*args, **kwargs):
+    return subprocess.run([*CRIUPY, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def _wait_for(condition, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def _dump_with_cli(processes, argv, output, images):
+    with open(output, "w") as out:
+        started = processes.start(argv, stdout=out, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: _lines(output), "the victim's first line")
+    result = criupy("dump", "-t", str(started.pid), "-D", str(images))
+    assert result.returncode == 0, result.stderr
+    started.wait()
+    return started.pid
+
+
+def test_restore_waits_and_exits_with_the_restored_process_status(processes, tmp_path):
+    output = tmp_path / "out"
+    _dump_with_cli(processes, [sys.executable, "-c", SLEEP_THEN_EXIT_7], output, tmp_path / "images")
+    result = criupy("restore", "-D", str(tmp_path / "images"), timeout=60)
+    assert result.returncode == 7, result.stderr
+    assert result.stderr == ""
+
+
+def test_detached_restore_returns_while_the_process_runs_and_writes_the_pidfile(victim, processes, tmp_path):
+    output = tmp_path / "out"
+    pid = _dump_with_cli(processes, [victim("counter")], output, tmp_path / "images")
+    pidfile = tmp_path / "restored.pid"
+    result = criupy("restore", "-d", "-D", str(tmp_path / "images"), "--pidfile", str(pidfile), timeout=60)
+    assert result.returncode == 0, result.stderr
+    processes.track(pid)
+    assert pidfile.read_text() == f"{pid}\n"
+    status = proc.status(pid)
+    assert status["State"][0] in "RS" and status["TracerPid"] == "0"
+    count = len(_lines(output))
+    _wait_for(lambda: len(_lines(output)) > count + 5, "the restored counter to go on")
+    numbers = [int(line) for line in _lines(output)]
+    assert numbers == list(range(len(numbers)))
+
+
+def test_demo_shows_the_counter_going_on():
+    result = criupy("demo", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no gap, no repeat" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def _nothing_listening_pid():
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid = int(f.read()) - 1
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
+
+
+@pytest.mark.parametrize("case", ["no such PID", "missing images dir", "dir without images", "unknown option",
+                                  "missing option", "no command", "PID not a number"])
+def test_errors_are_one_line_and_a_failure_status(tmp_path, case):
+    (tmp_path / "empty").mkdir()
+    args = {
+        "no such PID": ["dump", "-t", str(_nothing_listening_pid()), "-D", str(tmp_path / "images")],
+        "missing images dir": ["restore", "-D", str(tmp_path / "nowhere")],
+        "dir without images": ["restore", "-D", str(tmp_path / "empty")],
+        "unknown option": ["restore", "-D", str(tmp_path / "empty"), "--no-such-option"],
+        "missing option": ["dump", "-D", str(tmp_path / "images")],
+        "no command": [],
+        "PID not a number": ["dump", "-t", "twelve", "-D", str(tmp_path / "images")],
+    }[case]
+    result = criupy(*args)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("criupy: "), result.stderr
+    assert not (tmp_path / "images").exists() or not os.listdir(tmp_path / "images")
