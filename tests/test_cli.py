@@ -2,6 +2,7 @@
 the demo, and errors as one `criupy: ...` line with a non-zero exit."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,8 +12,10 @@ import pytest
 from criupy import proc
 
 CRIUPY = [sys.executable, "-m", "criupy"]
-# Sleeps, then exits with status 7: the status `criupy restore` must exit with.
-SLEEP_THEN_EXIT_7 = "import time\nprint('ready', flush=True)\ntime.sleep(1)\nraise SystemExit(7)\n"
+# Waits for SIGUSR1 (blocked, so none is missed), then exits with status 7: `criupy restore`'s status.
+EXIT_7_ON_SIGUSR1 = ("import signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\n"
+                     "print('ready', flush=True)\nsignal.sigwait([signal.SIGUSR1])\nraise SystemExit(7)\n")
+SYS_rt_sigtimedwait = 128
 
 
 def criupy(*args, **kwargs):
@@ -43,10 +46,25 @@ def _dump_with_cli(processes, argv, output, images):
 
 def test_restore_waits_and_exits_with_the_restored_process_status(processes, tmp_path):
     output = tmp_path / "out"
-    _dump_with_cli(processes, [sys.executable, "-c", SLEEP_THEN_EXIT_7], output, tmp_path / "images")
-    result = criupy("restore", "-D", str(tmp_path / "images"), timeout=60)
-    assert result.returncode == 7, result.stderr
-    assert result.stderr == ""
+    pid = _dump_with_cli(processes, [sys.executable, "-c", EXIT_7_ON_SIGUSR1], output, tmp_path / "images")
+    restoring = processes.start([*CRIUPY, "restore", "-D", str(tmp_path / "images")], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes.track(pid)
+
+    def waits_for_the_signal():
+        try:
+            with open(f"/proc/{pid}/syscall") as f:
+                return f.read().split()[0] == str(SYS_rt_sigtimedwait) and proc.status(pid)["TracerPid"] == "0"
+        except (FileNotFoundError, ProcessLookupError):
+            assert restoring.poll() is None, restoring.communicate()
+            return False
+
+    _wait_for(waits_for_the_signal, "the restored process in sigwait")
+    assert restoring.poll() is None  # criupy waits for it
+    os.kill(pid, signal.SIGUSR1)
+    stdout, stderr = restoring.communicate(timeout=60)
+    assert restoring.returncode == 7, stderr
+    assert stdout == stderr == ""
 
 
 def test_detached_restore_returns_while_the_process_runs_and_writes_the_pidfile(victim, processes, tmp_path):
