@@ -1,15 +1,19 @@
 """What a process holds survives dump + restore: its computation, FPU registers, signal state, files and
 the system call it was blocked in. Each test compares the restored process with what it was at the dump."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from criupy import proc
 from criupy.dump import dump
+from criupy.errors import CriupyError
 from criupy.images import ImagesDir
 from criupy.restore import restore
 
@@ -24,6 +28,12 @@ def _wait_for(condition, what, timeout=30):
         time.sleep(0.01)
 
 
+def crit_show(path):
+    result = subprocess.run(["/usr/bin/crit", "show", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, f"crit cannot decode {path}: {result.stderr}"
+    return json.loads(result.stdout)
+
+
 def _lines(path):
     return path.read_text().splitlines()
 
@@ -32,7 +42,7 @@ def _start(processes, argv, output, **popen_kwargs):
     """Start argv writing to the file output; returns it once it printed "ready"."""
     with open(output, "w") as out:
         started = processes.start(argv, stdout=out, **{**QUIET, **popen_kwargs})
-    _wait_for(lambda: "ready" in _lines(output), f"{argv[0]} to be ready")
+    _wait_for(lambda: any(line.startswith("ready") for line in _lines(output)), f"{argv[0]} to be ready")
     return started
 
 
@@ -191,3 +201,57 @@ def test_blocking_system_call_restarts_after_restore(victim, processes, tmp_path
     _wait_for(lambda: len(_lines(output)) > 1, f"{call} to return")
     assert _lines(output)[1:] == [expected]
     assert os.waitpid(pid, 0)[1] == 0
+
+
+# --- 7. a binary or mapped file changed since the dump is refused ----------------------------------------
+
+def _rewrite_in_place(path, data, mtime_ns=None):
+    """Write data over path (same inode); with mtime_ns, set that modification time back."""
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+@pytest.mark.parametrize("change", ["exe rebuilt, same size and mtime", "exe edited in place",
+                                    "mapped file edited in place", "mapped file grown"])
+def test_a_changed_executable_or_mapped_file_is_refused_naming_it(victim, processes, tmp_path, change):
+    exe, data = tmp_path / "mapfile", tmp_path / "data"
+    shutil.copy2(victim("mapfile"), exe)
+    data.write_text("hello\n")
+    output = tmp_path / "out"
+    started = _start(processes, [str(exe), str(data)], output)
+    images = tmp_path / "images"
+    dump(started.pid, str(images))
+    started.wait()
+    pristine = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (exe, data)}
+    images_before = {name: (images / name).read_bytes() for name in os.listdir(images)}
+    # crit decodes files.img with criupy's own field in it, and shows CRIU's build-id
+    assert any(e["reg"].get("build_id") for e in crit_show(images / "files.img")["entries"] if "reg" in e)
+
+    changed = exe if change.startswith("exe") else data
+    time.sleep(0.01)  # a modification time the dumped one cannot equal
+    if change == "exe rebuilt, same size and mtime":
+        rebuilt = Path(victim("mapfile", "-DBUILD_MARK=2")).read_bytes()
+        assert len(rebuilt) == len(pristine[exe][0]) and rebuilt != pristine[exe][0]
+        _rewrite_in_place(exe, rebuilt, mtime_ns=pristine[exe][1])
+    elif change == "exe edited in place":
+        original = pristine[exe][0]
+        _rewrite_in_place(exe, original[:-1] + bytes([original[-1] ^ 1]))
+    elif change == "mapped file edited in place":
+        _rewrite_in_place(data, b"HELLO\n")
+    else:
+        _rewrite_in_place(data, b"hello, world\n")
+
+    with pytest.raises(CriupyError) as refused:
+        restore(str(images), detach=True)
+    message = str(refused.value)
+    assert str(changed) in message and "\n" not in message
+    assert not os.path.exists(f"/proc/{started.pid}")
+    assert {name: (images / name).read_bytes() for name in os.listdir(images)} == images_before
+
+    # the file as it was, its modification time included: the same images restore
+    _rewrite_in_place(changed, pristine[changed][0], mtime_ns=pristine[changed][1])
+    pid = processes.track(restore(str(images), detach=True))
+    assert proc.status(pid)["TracerPid"] == "0"

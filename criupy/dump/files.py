@@ -22,7 +22,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from criupy import proc
+from criupy import elf, proc
 from criupy.dump.fds import anon, eventpoll, unix
 from criupy.errors import CriupyError
 from criupy.images.pb import (fdinfo_pb2, fifo_pb2, fown_pb2, ghost_file_pb2, pipe_data_pb2, pipe_pb2,
@@ -76,7 +76,10 @@ def _reg_entry(file_id, flags, pos, path, st, mnt_id):
     if mnt_id >= 0:
         entry.mnt_id = mnt_id
     if stat.S_ISREG(st.st_mode):
+        # what restore checks the file by: a file changed since the dump is refused, naming it
         entry.size = st.st_size
+        entry.mtime_ns = st.st_mtime_ns
+        entry.build_id.extend(elf.build_id_words(path))
     return entry
 
 

@@ -6,12 +6,14 @@ point at are opened too, after checking that they are the files that were dumped
 is a CriupyError before a process is created.
 """
 
+import datetime
 import fcntl
 import mmap
 import os
 import stat
 from dataclasses import dataclass, field
 
+from criupy import elf
 from criupy.errors import CriupyError
 from criupy.restore.fds import anon, eventpoll, fifo, unix
 from criupy.images.pb import fdinfo_pb2
@@ -85,12 +87,29 @@ def _reg(task, file_id, what):
     return entry.reg
 
 
-def _check_same_file(path, reg, st, check_size=True):
-    """The file at path must be the one dumped, as far as files.img records it: size and kind."""
-    if check_size and reg.HasField("size") and stat.S_ISREG(st.st_mode) and st.st_size != reg.size:
-        raise CriupyError(f"file {path} changed size since the dump ({reg.size} bytes, now {st.st_size})")
+def _check_same_file(path, reg, fd, check_size=True):
+    """The file open at fd must be the one dumped, as far as files.img records it: kind, size, build-id
+    and, for a file the task could only read (exe, mappings, read-only fds), its modification time.
+
+    A file the task may write changes with the task's own writes (restoring the same images twice):
+    only its size is checked, as CRIU does."""
+    st = os.fstat(fd)
     if reg.HasField("mode") and stat.S_IFMT(st.st_mode) != stat.S_IFMT(reg.mode):
         raise CriupyError(f"file {path} is no longer the kind of file it was at the dump")
+    if not stat.S_ISREG(st.st_mode):
+        return
+    if check_size and reg.HasField("size") and st.st_size != reg.size:
+        raise CriupyError(f"file {path} changed size since the dump ({reg.size} bytes, now {st.st_size})")
+    read_only = reg.flags & os.O_ACCMODE == os.O_RDONLY
+    if read_only and reg.HasField("mtime_ns") and st.st_mtime_ns != reg.mtime_ns:
+        raise CriupyError(f"file {path} was modified since the dump (at {_when(st.st_mtime_ns)}, dumped as of "
+                          f"{_when(reg.mtime_ns)})")
+    if reg.build_id and tuple(reg.build_id) != elf.build_id_words(f"/proc/self/fd/{fd}"):
+        raise CriupyError(f"file {path} is not the build that was dumped (another ELF build-id)")
+
+
+def _when(nanoseconds):
+    return datetime.datetime.fromtimestamp(nanoseconds / 1e9).isoformat(sep=" ", timespec="microseconds")
 
 
 def _open_checked(path, flags, reg, check_size=True):
@@ -101,7 +120,7 @@ def _open_checked(path, flags, reg, check_size=True):
     except OSError as e:
         raise CriupyError(f"cannot open {path}: {e.strerror}") from None
     try:
-        _check_same_file(path, reg, os.fstat(fd), check_size)
+        _check_same_file(path, reg, fd, check_size)
     except BaseException:
         os.close(fd)
         raise
