@@ -15,13 +15,14 @@ Steps (as CRIU's cr-dump.c):
   images    per process core (one per thread), ids, mm, pagemap, pages, fdinfo, fs; for the tree
             pstree, files (file descriptions shared by processes once), pipes-data, sk-queues, fifo-data, shared
             memory (shmem.py), inventory, then stats-dump
-  end       the processes are killed, or resumed untouched with leave_running; a failed dump always
-            resumes them and removes the images it wrote
+  end       the processes are killed, or resumed untouched with leave_running; a failed (or interrupted)
+            dump always resumes them and removes the images it wrote; once they are killed, the images stay
 """
 
 import contextlib
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -62,13 +63,14 @@ def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, v
 
         from criupy.dump import tree
         from criupy.infect import hook
+        from criupy.infect.task import deferred_signals
 
         tree.check_task(pid)  # before touching the images directory: a wrong PID changes nothing
         hooks = [hook.find_function(pid, spec) for spec in call_hooks]  # so does a missing hook
         images = ImagesDir(images_dir, "w", overwrite=overwrite)
         written_before = set(images.names())
         try:
-            _dump(pid, images, leave_running, hooks)
+            frozen = _dump(pid, images, hooks)
         except BaseException:
             for name in set(images.names()) - written_before:
                 with contextlib.suppress(OSError):
@@ -77,10 +79,30 @@ def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, v
                 with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
                     os.rmdir(images_dir)
             raise
+        # The images are complete. Killing the tree commits the dump: from here an interrupt must not
+        # remove them, and none may come between the kill and that decision.
+        with deferred_signals():
+            if leave_running:
+                frozen.cure()
+                log.info("PID %d and its descendants left running", pid)
+            else:
+                frozen.kill()
+                log.info("PID %d and its descendants killed", pid)
         log.info("dumped PID %d into %s", pid, images_dir)
+        _test_pause("ended")
 
 
-def _dump(pid, images, leave_running, hooks):
+def _test_pause(point):
+    """For tests: CRIUPY_TEST_DUMP_PAUSE=<point> stops the dump at point (seized, infected, written, ended)
+    until a signal ends criupy; it says so on stderr first."""
+    if os.environ.get("CRIUPY_TEST_DUMP_PAUSE") == point:
+        print(f"criupy: test pause at {point}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+
+
+def _dump(pid, images, hooks):
+    """Seize the tree and write every image; returns the FrozenTree, still seized (cured on failure)."""
     from criupy.dump import files, memory, tree
 
     # Refuse what criupy cannot dump while the tree still runs untouched (a process that comes or
@@ -103,20 +125,17 @@ def _dump(pid, images, leave_running, hooks):
     stats.freezing_time = _microseconds(started)
     log.info("PID %d seized in %d us, with %d descendants", pid, stats.freezing_time, len(frozen.members) - 1)
     try:
+        _test_pause("seized")
         for function in hooks:
             _call_hook(pid, frozen.members[0].group.leader, function)
         _dump_seized(frozen, images, stats)
+        stats.frozen_time = _microseconds(frozen_at)  # until the images are written: the end is quick
+        _write_stats(images, stats)
+        _test_pause("written")
     except BaseException:
         frozen.cure()
         raise
-    if leave_running:
-        frozen.cure()
-        log.info("PID %d and its descendants left running", pid)
-    else:
-        frozen.kill()
-        log.info("PID %d and its descendants killed", pid)
-    stats.frozen_time = _microseconds(frozen_at)
-    _write_stats(images, stats)
+    return frozen
 
 
 def _descendants(pid):
@@ -238,6 +257,7 @@ def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared
         root_id=files_image.task_file(pid, "root", "the root directory", os.O_RDONLY | os.O_DIRECTORY),
         umask=misc.umask)
 
+    _test_pause("infected")
     write_started = time.monotonic()
     pages_fd = images.open_raw(f"pages-{pages_id}", write=True)
     try:
