@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from waiting import wait_for
+
 from criupy import proc
 
 CRIUPY = [sys.executable, "-m", "criupy"]
@@ -22,13 +24,6 @@ def criupy(*args, **kwargs):
     return subprocess.run([*CRIUPY, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, **kwargs)
 
 
-def _wait_for(condition, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.01)
-
 
 def _lines(path):
     return path.read_text().splitlines()
@@ -37,7 +32,7 @@ def _lines(path):
 def _dump_with_cli(processes, argv, output, images):
     with open(output, "w") as out:
         started = processes.start(argv, stdout=out, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: _lines(output), "the victim's first line")
+    wait_for(lambda: _lines(output), "the victim's first line")
     result = criupy("dump", "-t", str(started.pid), "-D", str(images))
     assert result.returncode == 0, result.stderr
     started.wait()
@@ -59,7 +54,7 @@ def test_restore_waits_and_exits_with_the_restored_process_status(processes, tmp
             assert restoring.poll() is None, restoring.communicate()
             return False
 
-    _wait_for(waits_for_the_signal, "the restored process in sigwait")
+    wait_for(waits_for_the_signal, "the restored process in sigwait")
     assert restoring.poll() is None  # criupy waits for it
     os.kill(pid, signal.SIGUSR1)
     stdout, stderr = restoring.communicate(timeout=60)
@@ -78,7 +73,7 @@ def test_detached_restore_returns_while_the_process_runs_and_writes_the_pidfile(
     status = proc.status(pid)
     assert status["State"][0] in "RS" and status["TracerPid"] == "0"
     count = len(_lines(output))
-    _wait_for(lambda: len(_lines(output)) > count + 5, "the restored counter to go on")
+    wait_for(lambda: len(_lines(output)) > count + 5, "the restored counter to go on")
     numbers = [int(line) for line in _lines(output)]
     assert numbers == list(range(len(numbers)))
 

@@ -12,18 +12,13 @@ import time
 
 import pytest
 
+from waiting import wait_for
+
 from criupy import proc
 from criupy.restore import restore
 
 CRIUPY = [sys.executable, "-m", "criupy"]
 
-
-def _wait_for(condition, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 def _numbers(path):
@@ -35,7 +30,7 @@ def _start_counter(victim, processes, tmp_path):
     with open(output, "w") as out:
         counter = processes.start([victim("counter")], stdout=out, stdin=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-    _wait_for(lambda: len(_numbers(output)) >= 3, "the counter")
+    wait_for(lambda: len(_numbers(output)) >= 3, "the counter")
     return counter, output
 
 
@@ -53,7 +48,7 @@ def _assert_runs_on_untouched(pid, output):
     assert status["TracerPid"] == "0" and status["State"][0] in "RS"
     assert not any("criupy" in m.path for m in proc.maps(pid))
     count = len(_numbers(output))
-    _wait_for(lambda: len(_numbers(output)) >= count + 10, "the counter to go on")
+    wait_for(lambda: len(_numbers(output)) >= count + 10, "the counter to go on")
     numbers = _numbers(output)
     assert numbers == list(range(len(numbers)))  # no gap, no repeat
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from waiting import wait_for
+
 from criupy import proc
 from criupy.dump import dump
 from criupy.errors import CriupyError
@@ -19,13 +21,6 @@ from criupy.restore import restore
 
 QUIET = dict(stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-
-def _wait_for(condition, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 def crit_show(path):
@@ -42,7 +37,7 @@ def _start(processes, argv, output, **popen_kwargs):
     """Start argv writing to the file output; returns it once it printed "ready"."""
     with open(output, "w") as out:
         started = processes.start(argv, stdout=out, **{**QUIET, **popen_kwargs})
-    _wait_for(lambda: any(line.startswith("ready") for line in _lines(output)), f"{argv[0]} to be ready")
+    wait_for(lambda: any(line.startswith("ready") for line in _lines(output)), f"{argv[0]} to be ready")
     return started
 
 
@@ -76,7 +71,7 @@ def test_prime_search_dumped_midway_prints_the_undisturbed_result(victim, proces
     output = tmp_path / "primes.out"
     with open(output, "w") as out:
         started = processes.start([primes, PRIMES_LIMIT], stdout=out, **QUIET)
-    _wait_for(lambda: len(_lines(output)) >= 2, "the search to make progress")
+    wait_for(lambda: len(_lines(output)) >= 2, "the search to make progress")
     dump(started.pid, str(tmp_path / "images"))
     started.wait()
     at_dump = _lines(output)
@@ -105,7 +100,7 @@ def test_x87_sse_and_avx_registers_survive(victim, processes, tmp_path):
     time.sleep(0.1)  # into its register-only loop
     pid = _dump_and_restore(processes, started, tmp_path / "images")
     os.kill(pid, signal.SIGUSR1)
-    _wait_for(lambda: len(_lines(output)) > 1, "the victim's verdict")
+    wait_for(lambda: len(_lines(output)) > 1, "the victim's verdict")
     assert _lines(output)[1:] == ["OK"]
     assert os.waitpid(pid, 0)[1] == 0
 
@@ -118,7 +113,7 @@ SIGNAL_FIELDS = ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
 
 def _signal_state(pid):
     """The signal fields of /proc/PID/status once PID waits in sigsuspend (which changes SigBlk meanwhile)."""
-    _wait_for(lambda: (_syscall(pid) or (None,))[0] == SYS_rt_sigsuspend, f"PID {pid} in sigsuspend")
+    wait_for(lambda: (_syscall(pid) or (None,))[0] == SYS_rt_sigsuspend, f"PID {pid} in sigsuspend")
     status = proc.status(pid)
     return {field: status[field] for field in SIGNAL_FIELDS}
 
@@ -132,7 +127,7 @@ def test_signal_handler_on_altstack_and_pending_blocked_signals_survive(victim, 
     assert _signal_state(pid) == dumped
     for count in (1, 2):
         os.kill(pid, signal.SIGUSR1)
-        _wait_for(lambda: len(_lines(output)) >= 1 + 3 * count, "the SIGUSR1 handler")
+        wait_for(lambda: len(_lines(output)) >= 1 + 3 * count, "the SIGUSR1 handler")
     assert _lines(output)[1:] == ["usr1 on altstack", "pending: usr2 rt2", "blocked: usr1 usr2 rt2"] * 2
     assert _signal_state(pid) == dumped
 
@@ -165,7 +160,7 @@ def test_files_offsets_flags_and_pipe_data_survive(victim, processes, tmp_path):
     assert len(pipe_inodes) == 1, "the pipe's two ends are two pipes"
 
     os.kill(pid, signal.SIGUSR1)
-    _wait_for(lambda: len(_lines(output)) >= 4, "the victim to read its pipe")
+    wait_for(lambda: len(_lines(output)) >= 4, "the victim to read its pipe")
     assert _lines(output)[1:] == ["pipe: pipe data 1", "pipe data 2", "offsets: rw 1000 ro 4000"]
     assert (tmp_path / "log").read_text() == "first\nappended\n"  # O_APPEND: at the end, not at 0
     assert (tmp_path / "rw").read_bytes() == data
@@ -186,7 +181,7 @@ SYSCALL_NUMBERS = {"nanosleep": 35, "clock_nanosleep": 230, "read": 0, "pause": 
 def test_blocking_system_call_restarts_after_restore(victim, processes, tmp_path, call, wake, expected):
     output = tmp_path / "restart.out"
     started = _start(processes, [victim("restart"), call], output)
-    _wait_for(lambda: (_syscall(started.pid) or (None,))[0] == SYSCALL_NUMBERS[call], f"the victim in {call}")
+    wait_for(lambda: (_syscall(started.pid) or (None,))[0] == SYSCALL_NUMBERS[call], f"the victim in {call}")
     blocked_in = _syscall(started.pid)
     pid = _dump_and_restore(processes, started, tmp_path / "images")
     assert len(_lines(output)) == 1, "the call returned before the dump"
@@ -194,11 +189,11 @@ def test_blocking_system_call_restarts_after_restore(victim, processes, tmp_path
     regs = core.thread_info.gpregs
     # dumped to run the call again: its number in ax, ip on its `syscall` instruction
     assert regs.ax == SYSCALL_NUMBERS[call]
-    _wait_for(lambda: _syscall(pid) is not None, "the restored process to block again")
+    wait_for(lambda: _syscall(pid) is not None, "the restored process to block again")
     assert _syscall(pid) == blocked_in  # the same call with the same arguments
     if wake:
         os.kill(pid, wake)
-    _wait_for(lambda: len(_lines(output)) > 1, f"{call} to return")
+    wait_for(lambda: len(_lines(output)) > 1, f"{call} to return")
     assert _lines(output)[1:] == [expected]
     assert os.waitpid(pid, 0)[1] == 0
 

@@ -12,11 +12,10 @@ import signal
 import struct
 from dataclasses import dataclass
 
-from criupy import proc
+from criupy import proc, xsave
 from criupy.errors import CriupyError
 from criupy.images.pb import core_pb2, core_x86_pb2, creds_pb2, rlimit_pb2, rseq_pb2, sa_pb2, siginfo_pb2, timer_pb2
 from criupy.infect import trace
-from criupy.restore.fpu import COMPONENTS, cpuid
 
 TASK_ALIVE = 1
 TASK_STOPPED = 3
@@ -43,9 +42,6 @@ REGS = (
     ("fs", "fs"), ("gs", "gs"),
 )
 
-XSAVE_LEGACY = struct.Struct("<HHHHQQII")  # cwd swd twd fop rip rdp mxcsr mxcsr_mask
-XSAVE_XCR0_OFFSET = 464   # ptrace puts the enabled features (XCR0) first in the software-reserved bytes
-XSAVE_HEADER_OFFSET = 512  # xstate_bv
 
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -55,28 +51,6 @@ libc.syscall.restype = ctypes.c_long
 def gpregs_entry(regs):
     return core_x86_pb2.user_x86_regs_entry(
         **{name: getattr(regs, ptrace_name) & U64 for name, ptrace_name in REGS}, mode=core_x86_pb2.NATIVE)
-
-
-def fpregs_entry(xsave):
-    """user_x86_fpregs_entry from the XSAVE area ptrace gave (standard format)."""
-    cwd, swd, twd, fop, rip, rdp, mxcsr, mxcsr_mask = XSAVE_LEGACY.unpack_from(xsave, 0)
-    entry = core_x86_pb2.user_x86_fpregs_entry(
-        cwd=cwd, swd=swd, twd=twd, fop=fop, rip=rip, rdp=rdp, mxcsr=mxcsr, mxcsr_mask=mxcsr_mask,
-        st_space=struct.unpack_from("<32I", xsave, 32), xmm_space=struct.unpack_from("<64I", xsave, 160))
-    if len(xsave) <= XSAVE_HEADER_OFFSET:
-        return entry  # FXSAVE only: no extended state
-    (xcr0,) = struct.unpack_from("<Q", xsave, XSAVE_XCR0_OFFSET)
-    (xstate_bv,) = struct.unpack_from("<Q", xsave, XSAVE_HEADER_OFFSET)
-    entry.xsave.xstate_bv = xstate_bv
-    for number, name, element in COMPONENTS:
-        if not xcr0 & (1 << number):
-            continue
-        size, offset, _, _ = cpuid(0xD, number)
-        if not size or offset + size > len(xsave):
-            continue
-        count = size // struct.calcsize(element)
-        getattr(entry.xsave, name).extend(struct.unpack_from(f"<{count}{element}", xsave, offset))
-    return entry
 
 
 def pending_signals(pid, shared):
@@ -200,7 +174,7 @@ def thread_entries(task, seized, sas, clear_child_tid, creds_entry, comm):
     if seized.rseq is not None:
         thread.rseq_entry.CopyFrom(seized.rseq)
     info = core_x86_pb2.thread_info_x86(clear_tid_addr=clear_child_tid, gpregs=gpregs_entry(seized.regs),
-                                        fpregs=fpregs_entry(task.xsave))
+                                        fpregs=xsave.fpregs_entry(task.xsave))
     return thread, info
 
 

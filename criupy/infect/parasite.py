@@ -25,6 +25,7 @@ from criupy.blobs.loader import Blob
 from criupy.errors import CriupyError
 from criupy.infect import task as task_module
 from criupy.infect import trace
+from criupy.xsave import SW_RESERVED_OFFSET
 
 SYS_memfd_create = 319
 MFD_CLOEXEC = 1
@@ -61,7 +62,6 @@ SIGFRAME_SIGMASK = SIGFRAME_SIGCONTEXT + SIGCONTEXT.size
 SIGFRAME_FPSTATE = 1024  # 64-byte aligned, as the XSAVE area must be
 FP_XSTATE_MAGIC1 = 0x46505853
 FP_XSTATE_MAGIC2 = 0x46505845
-XSAVE_SW_RESERVED = 464
 
 POLL_INTERVAL = 0.02  # how often the task is checked while waiting on the socket
 DEFAULT_TIMEOUT = 60.0  # seconds of silence from the parasite before it counts as hung
@@ -205,8 +205,8 @@ class Parasite:
             return 0
         # ptrace puts XCR0 first in the software-reserved bytes; a signal frame wants the kernel's
         # _fpx_sw_bytes there (magic1, extended size, features, size), and magic2 after the area.
-        (xcr0,) = struct.unpack_from("<Q", xsave, XSAVE_SW_RESERVED)
-        xsave[XSAVE_SW_RESERVED:XSAVE_SW_RESERVED + 48] = struct.pack(
+        (xcr0,) = struct.unpack_from("<Q", xsave, SW_RESERVED_OFFSET)
+        xsave[SW_RESERVED_OFFSET:SW_RESERVED_OFFSET + 48] = struct.pack(
             "<IIQI28x", FP_XSTATE_MAGIC1, xstate_size + 4, xcr0, xstate_size
         )
         offset = self.blob.exports["parasite_sigframe"]

@@ -3,9 +3,9 @@
 import ctypes
 import signal
 
+from criupy import xsave
 from criupy.errors import CriupyError
 from criupy.restore import args as rst
-from criupy.restore import fpu
 from criupy.restore.memory import PAGE_SIZE, TASK_SIZE
 from criupy.restore.region import SIGFRAME_SIZE, THREAD_STACK_SIZE, Region, data_size
 
@@ -56,7 +56,7 @@ class ThreadArgs:
         self.tid = tid
         self.core = core
         try:
-            self.xsave = fpu.xsave_image(core.thread_info.fpregs)
+            self.xsave = xsave.xsave_image(core.thread_info.fpregs)
         except ValueError as e:
             raise CriupyError(f"image core-{tid}.img: {e}") from None
         thread = core.thread_core
