@@ -1,6 +1,7 @@
 """What a process holds survives dump + restore: its computation, FPU registers, signal state, files and
 the system call it was blocked in. Each test compares the restored process with what it was at the dump."""
 
+import errno
 import json
 import os
 import shutil
@@ -250,3 +251,25 @@ def test_a_changed_executable_or_mapped_file_is_refused_naming_it(victim, proces
     _rewrite_in_place(changed, pristine[changed][0], mtime_ns=pristine[changed][1])
     pid = processes.track(restore(str(images), detach=True))
     assert proc.status(pid)["TracerPid"] == "0"
+
+
+SYS_restart_syscall = 219
+
+
+def test_nanosleep_resumed_through_restart_syscall_ends_with_eintr(victim, processes, tmp_path):
+    """Stopped and continued once, a nanosleep goes on in restart_syscall, whose restart block (the time
+    left) is kernel state no restore rebuilds: the restored call returns EINTR (as CRIU's restore does),
+    with rax = -EINTR dumped, and the program goes on."""
+    output = tmp_path / "restart.out"
+    started = _start(processes, [victim("restart"), "nanosleep"], output)
+    wait_for(lambda: (_syscall(started.pid) or (None,))[0] == SYSCALL_NUMBERS["nanosleep"], "the victim in nanosleep")
+    os.kill(started.pid, signal.SIGSTOP)
+    wait_for(lambda: proc.status(started.pid)["State"][0] == "T", "the stop")
+    os.kill(started.pid, signal.SIGCONT)
+    wait_for(lambda: (_syscall(started.pid) or (None,))[0] == SYS_restart_syscall, "the victim in restart_syscall")
+    pid = _dump_and_restore(processes, started, tmp_path / "images")
+    (core,) = ImagesDir(str(tmp_path / "images"), "r").read(f"core-{pid}")
+    assert core.thread_info.gpregs.ax == -errno.EINTR & 0xFFFFFFFFFFFFFFFF
+    wait_for(lambda: len(_lines(output)) > 1, "nanosleep to return")
+    assert _lines(output)[1:] == ["nanosleep returned -1 errno EINTR"]
+    assert os.waitpid(pid, 0)[1] == 0

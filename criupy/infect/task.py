@@ -23,6 +23,7 @@ SYS_mmap = 9
 SYS_munmap = 11
 SYS_close = 3
 SYS_getpid = 39
+SYS_restart_syscall = 219
 
 # Kernel-internal "restart me" results a task stopped inside a system call may show in rax.
 ERESTARTSYS = 512
@@ -220,10 +221,13 @@ class Task:
         would restart the call on resume, but a restored task resumes by sigreturn, which does not.
         So rewind rip over the 2-byte `syscall` and put the call number back in rax. The restart block of
         -ERESTART_RESTARTBLOCK (nanosleep's remaining time...) does not survive restore either, so that
-        call is re-run from the start too.
+        call is re-run from the start too. A task already in restart_syscall (it was stopped and continued
+        in such a call) no longer shows which call it was: that one returns -EINTR, as CRIU's do all.
         """
         regs = trace.copy_regs(self.regs)
-        if _signed(regs.orig_rax) >= 0 and -_signed(regs.rax) in RESTART_CODES:
+        if _signed(regs.orig_rax) == SYS_restart_syscall and -_signed(regs.rax) in RESTART_CODES:
+            regs.rax = -errno.EINTR & 0xFFFFFFFFFFFFFFFF
+        elif _signed(regs.orig_rax) >= 0 and -_signed(regs.rax) in RESTART_CODES:
             regs.rax = regs.orig_rax
             regs.rip -= 2
         regs.orig_rax = 0xFFFFFFFFFFFFFFFF

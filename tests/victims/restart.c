@@ -1,9 +1,9 @@
 /* Blocks in one system call, named by argv[1], so that it can be dumped inside it:
- *   nanosleep        nanosleep(2) for 1.5 s (raw system call: glibc uses clock_nanosleep)
- *   clock_nanosleep  clock_nanosleep(CLOCK_MONOTONIC, relative 1.5 s)
+ *   nanosleep        nanosleep(2) for 3 s (raw system call: glibc uses clock_nanosleep)
+ *   clock_nanosleep  clock_nanosleep(CLOCK_MONOTONIC, relative 3 s)
  *   read             read(2) from an empty pipe of its own; SIGUSR1's handler (SA_RESTART) writes "woken" to it
  *   pause            pause(2), until SIGUSR1's handler ran
- *   poll             poll(2) on that empty pipe, 1.5 s timeout
+ *   poll             poll(2) on that empty pipe, 3 s timeout
  * Prints "ready" before the call, and after it "<name> returned R errno E[ data]" and exits 0. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,7 +26,7 @@ static void on_usr1(int sig)
 int main(int argc, char **argv)
 {
 	const char *call = argc > 1 ? argv[1] : "nanosleep";
-	struct timespec interval = { 1, 500000000 };
+	struct timespec interval = { 3, 0 };
 	char data[64] = "";
 	long result;
 
@@ -52,7 +52,7 @@ int main(int argc, char **argv)
 		result = pause();
 	} else if (!strcmp(call, "poll")) {
 		struct pollfd pfd = { .fd = pipefd[0], .events = POLLIN };
-		result = poll(&pfd, 1, 1500);
+		result = poll(&pfd, 1, 3000);
 	} else {
 		return 2;
 	}
