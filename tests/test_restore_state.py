@@ -112,9 +112,13 @@ SYS_rt_sigsuspend = 130
 SIGNAL_FIELDS = ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
 
 
+def _wait_in_sigsuspend(pid):
+    wait_for(lambda: (_syscall(pid) or (None,))[0] == SYS_rt_sigsuspend, f"PID {pid} in sigsuspend")
+
+
 def _signal_state(pid):
     """The signal fields of /proc/PID/status once PID waits in sigsuspend (which changes SigBlk meanwhile)."""
-    wait_for(lambda: (_syscall(pid) or (None,))[0] == SYS_rt_sigsuspend, f"PID {pid} in sigsuspend")
+    _wait_in_sigsuspend(pid)
     status = proc.status(pid)
     return {field: status[field] for field in SIGNAL_FIELDS}
 
@@ -153,9 +157,11 @@ def test_files_offsets_flags_and_pipe_data_survive(victim, processes, tmp_path):
     (tmp_path / "log").write_text("first\n")
     output = tmp_path / "files.out"
     started = _start(processes, [victim("files"), str(tmp_path)], output)
+    _wait_in_sigsuspend(started.pid)  # its write of "ready" has moved fd 1's offset too
     dumped = _fd_table(started.pid)
     assert sorted(dumped) == [0, 1, 2, 10, 11, 12, 20, 21]
     pid = _dump_and_restore(processes, started, tmp_path / "images")
+    _wait_in_sigsuspend(pid)
     assert _fd_table(pid) == dumped
     pipe_inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (20, 21)}
     assert len(pipe_inodes) == 1, "the pipe's two ends are two pipes"
