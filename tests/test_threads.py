@@ -258,3 +258,21 @@ def test_a_thread_id_in_use_is_a_clear_error_and_no_process_is_left(victim, proc
     with pytest.raises(CriupyError, match=f"TID {taken} \\(a thread of PID {pid}\\) is in use"):
         restore(str(images), detach=True)
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_a_stopped_process_stays_stopped_in_every_thread_after_leave_running(victim, processes, tmp_path):
+    output = tmp_path / "counter.out"
+    counter = _start(processes, [victim("threads_counter"), "4"], output)
+    wait_for(lambda: len(_lines(output)) >= 12, "every thread to count")
+    os.kill(counter.pid, signal.SIGSTOP)
+    wait_for(lambda: all(proc.status(tid)["State"][0] == "T" for tid in proc.task_ids(counter.pid)),
+             "every thread to stop")
+    count = len(_lines(output))
+    dump(counter.pid, str(tmp_path / "images"), leave_running=True)
+    for tid in proc.task_ids(counter.pid):
+        status = proc.status(tid)
+        assert (status["State"][0], status["TracerPid"]) == ("T", "0"), f"thread {tid}"
+    assert len(_lines(output)) == count
+    os.kill(counter.pid, signal.SIGCONT)
+    wait_for(lambda: len(_lines(output)) >= count + 40, "the threads to count on")
+    _check_turns(output, 4)

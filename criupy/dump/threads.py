@@ -51,6 +51,7 @@ def ask_threads(leader, tasks):
     answers = {}
     try:
         for task in tasks:
+            task.share_code_area(leader)
             _checked(task.syscall(SYS_prctl, PR_GET_TID_ADDRESS, scratch), task.pid, "PR_GET_TID_ADDRESS")
             _checked(task.syscall(SYS_sigaltstack, 0, scratch + 8), task.pid, "sigaltstack")
             data = trace.read_memory(task.pid, scratch, 8 + STACK_T.size)

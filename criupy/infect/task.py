@@ -257,6 +257,15 @@ class Task:
         self._trampoline = (address, original)
         return address
 
+    def share_code_area(self, other):
+        """Run system calls from the code area other, a thread of the same process, borrows: threads share
+        their memory, so its /proc/PID/maps need not be read again for each thread."""
+        address = other._trampoline_address()
+        if address <= self.regs.rip < address + TRAMPOLINE_AREA:
+            raise CriupyError(f"thread {self.pid} is executing the code criupy would borrow at {address:#x}")
+        self._trampoline = other._trampoline
+        self.borrowed_code = other.borrowed_code
+
     def _restore_trampoline(self):
         if self._trampoline is None:
             return
