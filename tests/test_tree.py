@@ -1,5 +1,6 @@
 """Process trees: dump and restore a root with its descendants, what they share, zombies, failures."""
 
+import contextlib
 import os
 import re
 import signal
@@ -155,6 +156,36 @@ def test_tree_with_pipes_shared_memory_groups_sessions_and_a_zombie(victim, proc
     reaped = next(line for line in lines(output) if line.startswith("reaped")).split()
     assert int(reaped[1]) == zombie
     assert os.WIFEXITED(int(reaped[2])) and os.WEXITSTATUS(int(reaped[2])) == 7
+
+
+def test_a_restored_tree_dumps_and_restores_again(victim, processes, trees, tmp_path):
+    root, output, zombie = start_tree(victim, processes, trees, tmp_path)
+    first = dump_tree(root, tmp_path / "first")
+    for pid in first:
+        processes.track(pid)
+    restore(str(tmp_path / "first"), detach=True)
+
+    class Restored:  # dump_tree's view of a process that is not our Popen (criupy may have reaped it)
+        pid = root.pid
+
+        @staticmethod
+        def wait():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(root.pid, 0)
+
+    second = dump_tree(Restored, tmp_path / "second")
+    assert second == first
+    d = ImagesDir(str(tmp_path / "second"), "r")
+    assert len([n for n in d.names() if n.startswith("pagemap-shmem-")]) == 1
+    restore(str(tmp_path / "second"), detach=True)
+    assert tree_of(root.pid) == first
+    count = len(numbered(output, "turn"))
+    wait_for(lambda: len(numbered(output, "turn")) > count + 50, "the tree to go on")
+    os.kill(root.pid, signal.SIGUSR1)
+    wait_for(lambda: any(line.startswith("reaped") for line in lines(output)), "the zombie to be reaped")
+    reaped = next(line for line in lines(output) if line.startswith("reaped")).split()
+    assert int(reaped[1]) == zombie and os.WEXITSTATUS(int(reaped[2])) == 7
+    assert not [line for line in lines(output) if "BAD" in line]
 
 
 def test_restored_tree_shares_memory_and_file_descriptions(victim, processes, trees, tmp_path):
