@@ -31,7 +31,7 @@ def cmd_dump(args):
     from criupy.dump import dump
 
     dump(args.tree, args.images_dir, leave_running=args.leave_running, overwrite=args.overwrite,
-         call_hooks=args.call_hook)
+         call_hooks=args.call_hook, shell_job=args.shell_job)
     return 0
 
 
@@ -39,7 +39,7 @@ def cmd_restore(args):
     from criupy.restore import restore
 
     result = restore(args.images_dir, detach=args.restore_detached, pidfile=args.pidfile, pie_plugin=args.pie_plugin,
-                     call_hooks=args.call_hook)
+                     call_hooks=args.call_hook, shell_job=args.shell_job)
     # Detached: the restored PID was the answer and is in the pidfile; else the exit status.
     return 0 if args.restore_detached else result
 
@@ -82,6 +82,8 @@ def _parser():
     dump.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="directory for the images")
     dump.add_argument("-R", "--leave-running", action="store_true", help="resume the tree after the dump")
     dump.add_argument("--overwrite", action="store_true", help="replace images already in DIR")
+    dump.add_argument("-j", "--shell-job", action="store_true",
+                      help="dump a job of a shell: its session is the shell's, its terminal the shell's")
     dump.add_argument("--call-hook", action="append", default=[], metavar="LIB:SYMBOL",
                       help="call int SYMBOL(void) of the mapped library LIB in the process before it is dumped; "
                            "non-zero fails the dump (may repeat)")
@@ -90,6 +92,8 @@ def _parser():
     restore.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="directory holding the images")
     restore.add_argument("-d", "--restore-detached", action="store_true", help="return once the tree runs")
     restore.add_argument("--pidfile", metavar="FILE", help="write the restored PID to FILE")
+    restore.add_argument("-j", "--shell-job", action="store_true",
+                         help="restore a job dumped with --shell-job into this shell's session and terminal")
     restore.add_argument("--pie-plugin", metavar="PLUGIN",
                          help="call the hooks of PLUGIN (built by criupy-blobgen --plugin) in the restorer")
     restore.add_argument("--call-hook", action="append", default=[], metavar="LIB:SYMBOL",

@@ -36,7 +36,9 @@ def demo():
     output = os.path.join(workdir, "counter.out")
     images = os.path.join(workdir, "images")
     with open(output, "w") as out:
-        example = subprocess.Popen([sys.executable, "-c", EXAMPLE], stdout=out, stdin=subprocess.DEVNULL)
+        # a daemon of its own (no job of the shell, no terminal), so a plain dump takes it
+        example = subprocess.Popen([sys.executable, "-c", EXAMPLE], stdout=out, stdin=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
     pid = example.pid
     restored_pid = None
     try:

@@ -80,6 +80,8 @@ class Stat:
     ppid: int
     pgrp: int
     session: int
+    tty_nr: int       # 7: the controlling terminal's device number, 0 if none
+    tpgid: int        # 8: the foreground process group of that terminal, -1 if none
     flags: int        # PF_* of the task
     start_code: int   # 26
     end_code: int     # 27
@@ -102,7 +104,7 @@ def stat(pid="self"):
     f = [0, 0, 0] + rest.split()  # f[n] is field n: field 3 (state) is the first after comm
     return Stat(
         pid=int(pid_text), comm=comm, state=f[3], ppid=int(f[4]), pgrp=int(f[5]), session=int(f[6]),
-        flags=int(f[9]), start_code=int(f[26]), end_code=int(f[27]), start_stack=int(f[28]),
+        tty_nr=int(f[7]), tpgid=int(f[8]), flags=int(f[9]), start_code=int(f[26]), end_code=int(f[27]), start_stack=int(f[28]),
         start_data=int(f[45]), end_data=int(f[46]), start_brk=int(f[47]), arg_start=int(f[48]),
         arg_end=int(f[49]), env_start=int(f[50]), env_end=int(f[51]), exit_code=int(f[52]),
     )

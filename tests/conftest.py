@@ -40,12 +40,17 @@ def victim(tmp_path_factory):
 
 
 class Processes:
-    """Starts processes and stops exactly those (and any PID handed to track()) at teardown."""
+    """Starts processes and stops exactly those (and any PID handed to track()) at teardown.
+
+    Each starts in a session of its own, as a daemon does: one that is in pytest's session is a job of
+    a shell to criupy (criupy.dump.fds.tty), dumped only with shell_job. Pass start_new_session=False for one.
+    """
 
     def __init__(self):
         self.pids = []
 
     def start(self, argv, **popen_kwargs):
+        popen_kwargs.setdefault("start_new_session", True)
         proc = subprocess.Popen(argv, **popen_kwargs)
         self.pids.append(proc.pid)
         return proc

@@ -1,7 +1,7 @@
 """The dump pipeline: a tree of processes, each with all its threads -> CRIU's images.
 
     criupy.dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False,
-                call_hooks=())
+                call_hooks=(), shell_job=False)
 
 Steps (as CRIU's cr-dump.c):
   check     the processes, their fds and their mappings are of kinds criupy dumps (before they stop)
@@ -51,12 +51,15 @@ def _microseconds(since):
     return int((time.monotonic() - since) * 1_000_000)
 
 
-def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False, call_hooks=()):
+def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, verbose=False, call_hooks=(),
+         shell_job=False):
     """Dump process PID into images_dir. Raises CriupyError (the process running as before) on failure.
 
     overwrite: replace the images a directory already holds (else such a directory is refused).
     call_hooks: "LIB:SYMBOL" functions of the process, each called in it (int f(void), 0 for success)
-    once it is stopped, before anything is dumped."""
+    once it is stopped, before anything is dumped.
+    shell_job: the process is a job of a shell: its session or group leader is outside the dump, and it
+    may have the shell's terminal open (criupy.dump.fds.tty)."""
     with log_to(log_file, verbose):
         # Imported here: `import criupy` must not load the image schemas.
         from criupy.images import ImagesDir
@@ -70,7 +73,7 @@ def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, v
         images = ImagesDir(images_dir, "w", overwrite=overwrite)
         written_before = set(images.names())
         try:
-            frozen = _dump(pid, images, hooks)
+            frozen = _dump(pid, images, hooks, leave_running, shell_job)
         except BaseException:
             for name in set(images.names()) - written_before:
                 with contextlib.suppress(OSError):
@@ -101,17 +104,23 @@ def _test_pause(point):
             time.sleep(3600)
 
 
-def _dump(pid, images, hooks):
-    """Seize the tree and write every image; returns the FrozenTree, still seized (cured on failure)."""
+def _dump(pid, images, hooks, leave_running, shell_job):
+    """Seize the tree and write every image; returns the FrozenTree, still seized (cured on failure).
+    The bytes taken out of ptys are put back before it returns if leave_running, or on failure."""
     from criupy.dump import files, memory, tree
+    from criupy.dump.fds import tty
 
     # Refuse what criupy cannot dump while the tree still runs untouched (a process that comes or
     # goes meanwhile is judged once seized).
     descendants = _descendants(pid)
-    files.inspect_fds(pid, descendants)
+    tree_pids = [pid] + descendants
+    processes = {pid: (files.inspect_fds(pid, descendants), proc.stat(pid))}
     memory.check_mappings(pid)
     for descendant in descendants:
-        _suppress_gone(lambda p: _check_process(p, [pid] + descendants), descendant)
+        _suppress_gone(lambda p: _check_process(p, tree_pids), descendant)
+        with contextlib.suppress(CriupyError, OSError):
+            processes[descendant] = (files.inspect_fds(descendant, tree_pids), proc.stat(descendant))
+    tty.check(pid, processes, shell_job)
 
     stats = DumpStats()
     started = time.monotonic()
@@ -124,17 +133,26 @@ def _dump(pid, images, hooks):
     frozen_at = time.monotonic()
     stats.freezing_time = _microseconds(started)
     log.info("PID %d seized in %d us, with %d descendants", pid, stats.freezing_time, len(frozen.members) - 1)
+    terminals = tty.Terminals()
     try:
-        _test_pause("seized")
-        for function in hooks:
-            _call_hook(pid, frozen.members[0].group.leader, function)
-        _dump_seized(frozen, images, stats)
-        stats.frozen_time = _microseconds(frozen_at)  # until the images are written: the end is quick
-        _write_stats(images, stats)
-        _test_pause("written")
-    except BaseException:
-        frozen.cure()
-        raise
+        try:
+            _test_pause("seized")
+            for function in hooks:
+                _call_hook(pid, frozen.members[0].group.leader, function)
+            _dump_seized(frozen, images, stats, terminals, shell_job)
+            stats.frozen_time = _microseconds(frozen_at)  # until the images are written: the end is quick
+            _write_stats(images, stats)
+            _test_pause("written")
+            if leave_running:
+                terminals.put_back()
+        except BaseException:
+            try:
+                terminals.put_back()  # before the tree runs again and looks for them
+            finally:
+                frozen.cure()
+            raise
+    finally:
+        terminals.close()
     return frozen
 
 
@@ -172,9 +190,13 @@ def _suppress_gone(check, pid):
             raise
 
 
-def _dump_seized(frozen, images, stats):
+def _dump_seized(frozen, images, stats, terminals, shell_job):
     from criupy.dump import files, memory, shmem, tree
+    from criupy.dump.fds import tty
 
+    # seized now: check again what was checked while the tree ran
+    tty.check(frozen.members[0].pid, {m.pid: (files.inspect_fds(m.pid, frozen.pids()), proc.stat(m.pid))
+                                      for m in frozen.members if not m.zombie}, shell_job)
     files_image = files.FilesImage()
     shared_memory = shmem.SharedMemory()
     ids = tree.IdGenerator()
@@ -190,10 +212,11 @@ def _dump_seized(frozen, images, stats):
             continue
         pstree.append(tree.pstree_entry(stat, member.group.tids, is_root=member.parent == 0))
         dumped_fds = _dump_process(member.pid, member.group, stat, pages_id, images, stats, files_image,
-                                   shared_memory, ids, frozen.pids())
+                                   shared_memory, ids, frozen.pids(), terminals)
         pipe_data += dumped_fds.pipe_data
         sk_queues += dumped_fds.sk_queues
         fifo_data += dumped_fds.fifo_data
+    terminals.take_queued()
 
     write_started = time.monotonic()
     stats.pages_written += shared_memory.dump(images, len(frozen.members) + 1)
@@ -209,9 +232,14 @@ def _dump_seized(frozen, images, stats):
         images.write("sk-queues", [entry for entry, _ in sk_queues], payloads=[data for _, data in sk_queues])
     if fifo_data:
         images.write("fifo-data", [entry for entry, _ in fifo_data], payloads=[data for _, data in fifo_data])
+    if terminals.infos:
+        images.write("tty-info", terminals.infos)
+    if terminals.data:
+        images.write("tty-data", terminals.data)
 
 
-def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared_memory, ids, tree_pids):
+def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared_memory, ids, tree_pids,
+                  terminals):
     """The images of one seized process (core per thread, ids, mm, pagemap + pages-<pages_id>, fdinfo, fs).
 
     Returns its DumpedFds: the pipe data and socket queues first read here go in the tree's images."""
@@ -242,7 +270,7 @@ def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared
     thread_cores = {task.pid: threads.thread_core_entry(pid, task, others_seized[task.pid], others_told[task.pid],
                                                         misc)
                     for task in others}
-    dumped_fds = files.dump_fds(pid, open_fds, files_image, parasite.steal_fds)
+    dumped_fds = files.dump_fds(pid, open_fds, files_image, parasite.steal_fds, terminals, stat)
 
     task_ids = ids.task_ids(pid)
     mm = mm_pb2.mm_entry(

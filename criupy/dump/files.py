@@ -5,8 +5,8 @@ character devices (other than terminals) are dumped by path, with their flags an
 inode, with the bytes still in them, read without taking them: the parasite sends criupy a copy of the
 pipe's read end and tee() duplicates the buffered data into a pipe of criupy's (as CRIU does). Other
 kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues; anon: eventfd,
-signalfd, timerfd; eventpoll). FIFOs are dumped by path, their data as a pipe's. Every other kind of
-file stops the dump, naming the fd.
+signalfd, timerfd; eventpoll; tty: terminals and ptys). FIFOs are dumped by path, their data as a
+pipe's. Every other kind of file stops the dump, naming the fd.
 
 Files the task uses without an fd (mapped files, the executable, cwd, root) are entries of the same
 files.img, shared per file, with what identifies the file (size, mode) so restore can check it. A mapped
@@ -196,7 +196,8 @@ class OpenFd:
 
 # kind -> fdinfo type
 FD_TYPES = {"reg": fdinfo_pb2.REG, "pipe": fdinfo_pb2.PIPE, "unix": fdinfo_pb2.UNIXSK, "fifo": fdinfo_pb2.FIFO, "eventfd": fdinfo_pb2.EVENTFD,
-            "signalfd": fdinfo_pb2.SIGNALFD, "timerfd": fdinfo_pb2.TIMERFD, "eventpoll": fdinfo_pb2.EVENTPOLL}
+            "signalfd": fdinfo_pb2.SIGNALFD, "timerfd": fdinfo_pb2.TIMERFD, "eventpoll": fdinfo_pb2.EVENTPOLL,
+            "tty": fdinfo_pb2.TTY}
 
 
 def _kind(fd, link, st):
@@ -217,9 +218,7 @@ def _kind(fd, link, st):
     if link.startswith("/memfd:"):
         raise _unsupported(fd, "a memfd", link)
     if stat.S_ISCHR(mode):
-        if os.major(st.st_rdev) in TTY_MAJORS:
-            raise _unsupported(fd, "a terminal", link)
-        return "reg"
+        return "tty" if os.major(st.st_rdev) in TTY_MAJORS else "reg"
     if stat.S_ISBLK(mode):
         raise _unsupported(fd, "a block device", link)
     return "reg"
@@ -297,10 +296,11 @@ class DumpedFds:
     fifo_data: list    # (pipe_data_entry, bytes) of FIFOs
 
 
-def dump_fds(pid, open_fds, files, steal_fds):
+def dump_fds(pid, open_fds, files, steal_fds, terminals, stat):
     """Add every open file description not yet in files; fdinfo entries, pipe contents and socket queues.
 
-    steal_fds(fds) -> criupy's copies of the task's fds (the parasite's steal_fds), for pipes and sockets.
+    steal_fds(fds) -> criupy's copies of the task's fds (the parasite's steal_fds), for pipes, sockets
+    and terminals. terminals: the tree's criupy.dump.fds.tty.Terminals; stat: the task's proc.Stat.
     A description other processes of the tree share is added once, with the data of a pipe (read
     through the first read end found).
     """
@@ -310,13 +310,13 @@ def dump_fds(pid, open_fds, files, steal_fds):
             sockets.setdefault(open_fd.sock.ino, open_fd)
     stolen = steal_fds([open_fd.fd for open_fd in sockets.values()]) if sockets else []
     try:
-        return _dump_fds(pid, open_fds, files, steal_fds, dict(zip(sockets, stolen)))
+        return _dump_fds(pid, open_fds, files, steal_fds, dict(zip(sockets, stolen)), terminals, stat)
     finally:
         for fd in stolen:
             os.close(fd)
 
 
-def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets):
+def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
     fdinfo = []
     sk_queues = []
     pipe_readers = {}  # pipe inode -> OpenFd of the first read end: where its data is read from
@@ -355,6 +355,8 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets):
                 files.add_reg(_reg_entry(regf_id, flags, 0, path, open_fd.st, open_fd.info.mnt_id))
                 files.add(fdinfo_pb2.FIFO, "fifo", fifo_pb2.fifo_entry(id=file_id, pipe_id=open_fd.st.st_ino,
                                                                        regf_id=regf_id))
+            elif open_fd.kind == "tty":
+                files.add(fdinfo_pb2.TTY, "tty", terminals.file_entry(open_fd, file_id, flags, _no_owner()))
             else:
                 path = _checked_path(f"fd {open_fd.fd}", open_fd.link, open_fd.st)
                 files.add_reg(_reg_entry(file_id, flags, open_fd.info.pos, path, open_fd.st, open_fd.info.mnt_id))
@@ -370,6 +372,7 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets):
                                               type=FD_TYPES[open_fd.kind], fd=open_fd.fd))
     pipe_data = _pipe_contents(list(pipe_readers.items()), steal_fds) if pipe_readers else []
     fifo_data = _pipe_contents(list(fifo_readers.items()), steal_fds) if fifo_readers else []
+    terminals.dump(steal_fds, stat)
     return DumpedFds(fdinfo, pipe_data, sk_queues, fifo_data)
 
 

@@ -1,18 +1,19 @@
 """The restore pipeline: images -> the dumped tree of tasks with their PIDs, running the dumped code again.
 
     criupy.restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False, pie_plugin=None,
-                   call_hooks=())
+                   call_hooks=(), shell_job=False)
         -> exit status, or the PID when detached
 
 pie_plugin: a file built by `criupy-blobgen --plugin`, whose hooks the restorer calls (HACKING.md).
 call_hooks: "LIB:SYMBOL" functions of the restored process, called in it before it resumes.
+shell_job: images dumped with shell_job are restored into criupy's session and terminal (fds/tty.py).
 
 Steps, each in its module:
   images   read and check every image (nothing is created before they pass)
   memory   the mappings, page vectors and vDSO moves each task's restorer performs
   shmem    anonymous shared memory, made once and filled, for every task that maps it
-  files    open the dumped files (checked against the dump) and pipes (refilled), once per
-           file description however many tasks share it
+  files    open the dumped files (checked against the dump), pipes and ptys (refilled), once per
+           file description however many tasks share it; a shell job's terminal is criupy's own
   prepare  each task's restorer mapping: blob + arguments, at an address free here and in its dump
   tree     clone3 with the dumped PIDs, parents, sessions and groups (tasks.py's clone_with_pid)
   task     trace each task through its restorer, unmap it, detach
@@ -23,30 +24,42 @@ Each task is restored with all its threads (its restorer creates them).
 
 import logging
 import os
+import signal
 
 from criupy.errors import CriupyError
 from criupy.log import log_to
 
 log = logging.getLogger("criupy.restore")
+TASK_STOPPED = 3  # core_entry's task_state of a task in job-control stop
+
+
+def _stop_signal(task):
+    """The signal that stops the restored task again if it was stopped (0 if it was not), as CRIU sends."""
+    tc = task.core.tc
+    if tc.task_state != TASK_STOPPED:
+        return 0
+    return tc.stop_signo if tc.HasField("stop_signo") and tc.stop_signo else signal.SIGSTOP
 
 
 def _highest_open_fd():
     return max(int(fd) for fd in os.listdir("/proc/self/fd"))
 
 
-def restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False, pie_plugin=None, call_hooks=()):
+def restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False, pie_plugin=None, call_hooks=(),
+            shell_job=False):
     """Restore the process dumped in images_dir. Returns its PID if detach, else its exit status."""
     with log_to(log_file, verbose):
-        return _restore(images_dir, detach, pidfile, pie_plugin, call_hooks)
+        return _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job)
 
 
-def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks):
+def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
     # Imported here: the pipeline's modules load the image schemas, which `import criupy` does not need.
     from criupy.blobs.loader import load_plugin
     from criupy.images import ImagesDir
     from criupy.infect import hook
     from criupy.restore import prepare
     from criupy.restore.args import Args
+    from criupy.restore.fds import tty
     from criupy.restore.files import move_above, open_files
     from criupy.restore.images import open_pages, read_tree
     from criupy.restore.memory import plan_memory
@@ -58,6 +71,8 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks):
         hook.parse_spec(spec)  # a malformed LIB:SYMBOL is refused before anything is made
     plugin = load_plugin(pie_plugin) if pie_plugin else None
     tasks = read_tree(images_dir)
+    tty.check(tasks, shell_job)
+    tty.adopt_shell_job(tasks, shell_job)
     helpers = check_tree(tasks)
     live = [task for task in tasks if not task.zombie]
     plans = {task.pid: plan_memory(task) for task in live}
@@ -95,11 +110,14 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks):
                                  regions[task.pid].export("restorer_syscall"),
                                  regions[task.pid].args_address + Args.own_rseq.offset,
                                  thread_ids=task.thread_cores),
-                       regions[task.pid].start, regions[task.pid].size) for task in live]
+                       regions[task.pid].start, regions[task.pid].size, _stop_signal(task)) for task in live]
+        terminals = any_opened.terminals
         try:
+            terminals.set_job_settings()
             creation.create()
         except BaseException:
             creation.kill_all()
+            terminals.undo_job_settings()
             raise
     except BaseException:
         for log_read, go_write in pipes.values():
@@ -112,7 +130,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks):
             region.unmap()
 
     try:
-        for restoring, region_start, region_size in restorings:
+        for restoring, region_start, region_size, stop_signal in restorings:
             restoring.run_to_dumped_code()
             for line in restoring.restorer_log().splitlines():  # the restorer's and the plugin's lines
                 log.info("%s", line)
@@ -122,9 +140,10 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks):
                     log.info("calling %s at %#x (%s) in PID %d", spec, function.address, function.first_instruction,
                              restoring.pid)
                     restoring.call_hook(function)
-            restoring.unmap_restorer_and_detach(region_start, region_size)
+            restoring.unmap_restorer_and_detach(region_start, region_size, stop_signal)
     except BaseException:
         creation.kill_all()
+        terminals.undo_job_settings()
         raise
     finally:
         for log_read, go_write in pipes.values():

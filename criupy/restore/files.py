@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from criupy import elf
 from criupy.errors import CriupyError
-from criupy.restore.fds import anon, eventpoll, fifo, unix
+from criupy.restore.fds import anon, eventpoll, fifo, tty, unix
 from criupy.images.pb import fdinfo_pb2
 from criupy.restore.memory import VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
@@ -42,6 +42,7 @@ class OpenedFiles:
     cwd_fd: int = -1
     root_fd: int = -1
     held: list = field(default_factory=list)          # every fd above, once
+    terminals: object = None                          # criupy.restore.fds.tty.Terminals, the tree's
 
     def hold(self, fd):
         self.held.append(fd)
@@ -183,6 +184,9 @@ def open_files(tasks):
     held = []
     opened = {task.pid: OpenedFiles(held=held) for task in tasks}
     ghost_paths = _create_ghosts(tasks[0])
+    terminals = tty.Terminals(tasks[0], opened[tasks[0].pid].hold)
+    for each in opened.values():
+        each.terminals = terminals
     try:
         # files.img, pipes-data, sk-queues and fifo-data are the tree's: pipes, socket pairs and FIFOs are made once
         pipes = _open_pipes(tasks[0], opened[tasks[0].pid])
@@ -191,6 +195,7 @@ def open_files(tasks):
         by_file_id = {}
         for task in tasks:
             _open_all(task, opened[task.pid], pipes, sockets, fifos, by_file_id)
+        terminals.finish_ptys()
     except BaseException:
         for fd in held:
             os.close(fd)
@@ -267,6 +272,8 @@ def _open_all(task, opened, pipes, sockets, fifos, by_file_id):
                 source = opened.hold(opener(getattr(entry, field)))
                 if entry.type == fdinfo_pb2.EVENTPOLL:
                     epolls[fdinfo.id] = (fdinfo.fd, entry.epfd)
+            elif entry.type == fdinfo_pb2.TTY:
+                source = opened.terminals.open(entry.tty, fdinfo.fd)
             else:
                 kind = fdinfo_pb2.fd_types.Name(entry.type)
                 raise CriupyError(f"fd {fdinfo.fd} is a {kind} file, which criupy cannot restore yet")

@@ -38,6 +38,8 @@ class DumpedTask:
     fifo_data: dict = field(default_factory=dict)  # FIFO pipe_id -> (pipe_data_entry, bytes), the tree's
     thread_cores: dict = field(default_factory=dict)  # TID -> core_entry of each thread but the leader
     ghosts: dict = field(default_factory=dict)  # files.img id -> (ghost_file_entry, contents), the tree's
+    tty_infos: dict = field(default_factory=dict)  # tty-info id -> tty_info_entry, the tree's
+    tty_data: dict = field(default_factory=dict)   # tty-info id -> bytes queued for reading on that end, the tree's
 
     @property
     def zombie(self):
@@ -113,7 +115,16 @@ def read_tree(images_dir):
             raise CriupyError(f"image sk-queues.img is truncated: a message of {len(data)} of {entry.length} bytes")
         sk_queues.setdefault(entry.id_for, []).append(data)
     ghosts = _read_ghosts(images, files)
-    return [_read_task(images, entry, files, pipe_data, sk_queues, fifo_data, ghosts) for entry in tree]
+    tty_infos = {entry.id: entry for entry in _read(images, "tty-info", required=False)}
+    tty_data = {}
+    for entry in _read(images, "tty-data", required=False):
+        if entry.tty_id not in tty_infos:
+            raise CriupyError(f"image tty-data.img is corrupt: no terminal {entry.tty_id} in tty-info.img")
+        tty_data[entry.tty_id] = tty_data.get(entry.tty_id, b"") + entry.data
+    tasks = [_read_task(images, entry, files, pipe_data, sk_queues, fifo_data, ghosts) for entry in tree]
+    for task in tasks:
+        task.tty_infos, task.tty_data = tty_infos, tty_data
+    return tasks
 
 
 def _read_ghosts(images, files):

@@ -215,8 +215,10 @@ class Restoring:
         if result:
             raise RestoreFailed(f"hook {function.spec} returned {result} in PID {self.pid}")
 
-    def unmap_restorer_and_detach(self, start, size):
-        """One system call at the restorer's `syscall` instruction, stopped at its exit; then go."""
+    def unmap_restorer_and_detach(self, start, size, stop_signal=0):
+        """One system call at the restorer's `syscall` instruction, stopped at its exit; then go.
+
+        stop_signal: sent before the detach, so that the task stops before it runs an instruction."""
         dumped = trace.ptrace_getregs(self.pid)
         regs = trace.copy_regs(dumped)
         regs.rip = self.syscall_address
@@ -242,6 +244,8 @@ class Restoring:
         if result:
             raise self._failure(f"unmapping the restorer failed: errno {-ctypes.c_long(result).value}")
         trace.ptrace_setregs(self.pid, dumped)
+        if stop_signal:
+            os.kill(self.pid, stop_signal)
         for tid in self.thread_ids:
             trace.request(trace.PTRACE_DETACH, tid, 0, 0)
         self.traced_threads = []
