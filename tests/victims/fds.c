@@ -126,14 +126,14 @@ static long long now_ns(void)
 }
 
 /* eventfds 20 (counter 5, non-blocking) and 21 (semaphore, 3); signalfd 22 for SIGUSR1 and SIGUSR2 with
- * SIGUSR2 pending; timerfd 23 ticking every second from T0 (one tick not read yet), one-shot timerfd 24
+ * SIGUSR2 pending; timerfd 23 ticking every 30 s from T0 (one tick not read yet), one-shot timerfd 24
  * at T1; epoll 26 watching 20, 21, 22 and the empty pipe 27 (28 its write end). Prints T0 and T1. */
 static void anon_setup(void)
 {
 	sigset_t mask;
 	int p[2];
 	long long t0 = now_ns() + 50000000LL, t1 = now_ns() + 1000 * 1000000000LL;
-	struct itimerspec tick = { { 1, 0 }, { t0 / 1000000000LL, t0 % 1000000000LL } };
+	struct itimerspec tick = { { 30, 0 }, { t0 / 1000000000LL, t0 % 1000000000LL } };
 	struct itimerspec once = { { 0, 0 }, { t1 / 1000000000LL, t1 % 1000000000LL } };
 	struct timespec wait = { 0, 100000000 };
 	struct { int fd; uint32_t events; uint64_t data; } watch[] = {
