@@ -251,8 +251,9 @@ static void restore_timers(struct rst_args *a)
 
 	if (!a->nr_posix_timers)
 		return;
-	/* Lets timer_create take the ID we ask for (Linux 6.17 and later). */
-	must(sys_call2(__NR_prctl, PR_TIMER_CREATE_RESTORE_IDS, 1), "PR_TIMER_CREATE_RESTORE_IDS");
+	/* Lets timer_create take the ID we ask for (Linux 6.17 and later); the kernel wants the unused
+	 * arguments zero. */
+	must(sys_call5(__NR_prctl, PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0), "PR_TIMER_CREATE_RESTORE_IDS");
 	for (unsigned i = 0; i < a->nr_posix_timers; i++) {
 		struct {
 			__u64 value;
@@ -271,7 +272,7 @@ static void restore_timers(struct rst_args *a)
 		}
 		must(sys_call4(__NR_timer_settime, id, 0, (long)&spec, 0), "arming POSIX timer %d", id);
 	}
-	must(sys_call2(__NR_prctl, PR_TIMER_CREATE_RESTORE_IDS, 0), "PR_TIMER_CREATE_RESTORE_IDS off");
+	must(sys_call5(__NR_prctl, PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0), "PR_TIMER_CREATE_RESTORE_IDS off");
 }
 
 static void restore_rlimits(struct rst_args *a)

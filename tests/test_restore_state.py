@@ -279,3 +279,27 @@ def test_nanosleep_resumed_through_restart_syscall_ends_with_eintr(victim, proce
     wait_for(lambda: len(_lines(output)) > 1, "nanosleep to return")
     assert _lines(output)[1:] == ["nanosleep returned -1 errno EINTR"]
     assert os.waitpid(pid, 0)[1] == 0
+
+
+# --- POSIX and interval timers keep their IDs, signals and schedules -------------------------------------
+
+def test_posix_timers_and_itimers_go_on_with_their_ids_and_values(victim, processes, tmp_path):
+    output = tmp_path / "timers.out"
+    started = _start(processes, [victim("timers", "-lrt")], output)
+    wait_for(lambda: len(_lines(output)) >= 2, "the timers to tick")
+    dumped = proc.timers(started.pid)
+    assert sorted(t.timer_id for t in dumped) == [1, 2]
+
+    pid = _dump_and_restore(processes, started, tmp_path / "images")
+    at_restore = len(_lines(output))
+    wait_for(lambda: len(_lines(output)) >= at_restore + 3, "the restored timers to tick")
+
+    assert proc.timers(pid) == dumped
+    lines = _lines(output)
+    assert "bad signal" not in lines
+    ticks = [int(line.split()[1]) for line in lines[1:]]
+    assert ticks == list(range(1, len(ticks) + 1)), "a periodic timer's line missing or repeated"
+    real = [int(line.split()[3]) for line in lines[1:]]
+    assert real[-1] > real[at_restore - 2], "ITIMER_REAL stopped at restore"
+    one_shot_left = [int(line.split()[5]) for line in lines[1:]]
+    assert 990 < one_shot_left[-1] < 1000, "the one-shot timer lost its schedule"

@@ -98,7 +98,7 @@ class Restoring:
         self.trap_address = trap_address
         self.syscall_address = syscall_address
         self.alive = True
-        self.held_signals = []  # came while a hook ran: sent again once the task is detached
+        self.held_signals = []  # unblockable ones that came while it was held: sent again once detached
 
     def restorer_log(self):
         """What the restorer wrote to its log pipe (everything, once it has closed it)."""
@@ -218,8 +218,12 @@ class Restoring:
     def unmap_restorer_and_detach(self, start, size, stop_signal=0):
         """One system call at the restorer's `syscall` instruction, stopped at its exit; then go.
 
+        Every signal is blocked meanwhile: one that comes (a timer's, a child's SIGCHLD) stays pending,
+        with its siginfo, until the detach lets the task take it under its dumped mask.
         stop_signal: sent before the detach, so that the task stops before it runs an instruction."""
         dumped = trace.ptrace_getregs(self.pid)
+        mask = trace.get_sigmask(self.pid)
+        trace.set_sigmask(self.pid, INJECTED_SIGMASK)
         regs = trace.copy_regs(dumped)
         regs.rip = self.syscall_address
         regs.rax = SYS_munmap
@@ -227,29 +231,27 @@ class Restoring:
         regs.rdi = start
         regs.rsi = size
         trace.ptrace_setregs(self.pid, regs)
-        # A signal pending once the dumped mask is back (one queued by the restorer, a child's SIGCHLD)
-        # stops the task first: it is held back and handed over by the detach.
-        held_signal = 0
         syscall_stops = 0
         while syscall_stops < 2:  # to the entry stop, then to the exit stop
             trace.request(PTRACE_SYSCALL, self.pid, 0, 0)
             sig = os.WSTOPSIG(self._wait())
             if sig == SYSCALL_STOP:
                 syscall_stops += 1
-            elif syscall_stops == 0 and not held_signal and sig not in (signal.SIGSTOP, signal.SIGTRAP):
-                held_signal = sig
+            elif sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP):
+                raise self._failure(f"unmapping the restorer failed: {signal.Signals(sig).name}")
             else:
-                raise self._failure(f"unmapping the restorer was interrupted by {signal.Signals(sig).name}")
+                self.held_signals.append(sig)  # unblockable (SIGSTOP): sent again after the detach
         result = trace.ptrace_getregs(self.pid).rax
         if result:
             raise self._failure(f"unmapping the restorer failed: errno {-ctypes.c_long(result).value}")
         trace.ptrace_setregs(self.pid, dumped)
+        trace.set_sigmask(self.pid, mask)
         if stop_signal:
             os.kill(self.pid, stop_signal)
         for tid in self.thread_ids:
             trace.request(trace.PTRACE_DETACH, tid, 0, 0)
         self.traced_threads = []
-        trace.request(trace.PTRACE_DETACH, self.pid, 0, held_signal)  # with its siginfo
+        trace.request(trace.PTRACE_DETACH, self.pid, 0, 0)
         for sig in self.held_signals:
             os.kill(self.pid, sig)
 
