@@ -85,11 +85,22 @@ def test_seize_and_cure_leave_the_counter_untouched(processes, victim, tmp_path)
         assert victim_task.syscall(SYS_munmap, 1, 4096) == -22  # EINVAL comes back as -errno
         assert len(victim_task.xsave) >= 512
         assert victim_task.sigmask == int(blocked_before, 16)
+        assert victim_task.borrowed_code  # the code under the trampoline, readable as instructions
+        assert all(isinstance(line, str) and line for line in victim_task.borrowed_code)
     finally:
         victim_task.cure()
     assert_released(p.pid)
     assert proc.status(p.pid)["SigBlk"] == blocked_before
     assert_goes_on_intact(p, out)
+
+
+def test_trampoline_is_what_keystone_assembles():
+    import keystone
+
+    from criupy.infect import task
+
+    assembler = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
+    assert bytes(assembler.asm(task.TRAMPOLINE_ASM)[0]) == task.TRAMPOLINE
 
 
 def test_task_in_nanosleep_dumps_registers_that_rerun_the_call(processes, victim, tmp_path):

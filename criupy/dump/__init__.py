@@ -121,6 +121,7 @@ def _dump(pid, images, hooks, leave_running, shell_job):
         with contextlib.suppress(CriupyError, OSError):
             processes[descendant] = (files.inspect_fds(descendant, tree_pids), proc.stat(descendant))
     tty.check(pid, processes, shell_job)
+    _load_frozen_modules()
 
     stats = DumpStats()
     started = time.monotonic()
@@ -154,6 +155,13 @@ def _dump(pid, images, hooks, leave_running, shell_job):
     finally:
         terminals.close()
     return frozen
+
+
+def _load_frozen_modules():
+    """Import now what the dump needs once the tree is stopped: imports are no frozen time."""
+    import criupy.infect.parasite  # noqa: F401  (loaded by infect())
+    from criupy.dump import core, shmem, threads  # noqa: F401
+    from criupy.images.pb import fs_pb2, mm_pb2, stats_pb2  # noqa: F401
 
 
 def _descendants(pid):

@@ -5,8 +5,10 @@ are recorded, not seized. Objects tasks may share (mm, files table, fs, signal h
 get ids from one IdGenerator per dump; namespaces are told apart by inode.
 """
 
+import contextlib
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -129,6 +131,11 @@ class FrozenTree:
             raise problems[0]
 
     def kill(self):
+        """SIGKILL every process first, so the kernel frees their memory side by side; then collect each end."""
+        for member in self.members:
+            if member.group is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member.pid, signal.SIGKILL)
         for member in self.members:
             if member.group is not None:
                 member.group.kill()

@@ -13,7 +13,6 @@ signal-delivery-stop we see (and never deliver), a hang is a timeout, after whic
 import array
 import mmap
 import os
-import secrets
 import select
 import socket
 import struct
@@ -158,7 +157,7 @@ class Parasite:
     def start(self):
         task = self.task
         fault_cmd, fault_kind = _fault_hook()
-        address = f"\0criupy-parasite-{os.getpid()}-{task.pid}-{secrets.token_hex(8)}".encode()
+        address = f"\0criupy-parasite-{os.getpid()}-{task.pid}-{os.urandom(8).hex()}".encode()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self._listener.bind(address)
         self._listener.listen(1)

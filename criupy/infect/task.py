@@ -12,9 +12,6 @@ import errno
 import os
 import signal
 
-import capstone
-import keystone
-
 from criupy import proc
 from criupy.errors import CriupyError
 from criupy.infect import hook, trace
@@ -46,8 +43,8 @@ EFLAGS_DF = 0x400  # string direction: the ABI wants it clear on entry
 
 PF_KTHREAD = 0x00200000
 
-_ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
-TRAMPOLINE = bytes(_ks.asm("syscall; int3")[0])
+TRAMPOLINE_ASM = "syscall; int3"
+TRAMPOLINE = b"\x0f\x05\xcc"  # TRAMPOLINE_ASM, as keystone assembles it (a test checks); no import at start-up
 TRAMPOLINE_AREA = 64  # bytes of the executable mapping we may borrow: trampoline + small arguments
 TRAMPOLINE_DATA_OFFSET = 8  # where small arguments (a memfd name) go, after the code
 
@@ -248,12 +245,6 @@ class Task:
         if address <= self.regs.rip < address + TRAMPOLINE_AREA:
             raise CriupyError(f"PID {self.pid} is executing the code criupy would borrow at {address:#x}")
         original = trace.read_memory(self.pid, address, TRAMPOLINE_AREA)
-        # What we borrow must read back as what it was: look at it as code, so a log or a bug report
-        # shows what was there; a mapping whose start is not code is just as restorable, bytes are bytes.
-        self.borrowed_code = [
-            f"{i.mnemonic} {i.op_str}".strip()
-            for i in capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64).disasm(original, address)
-        ]
         self._trampoline = (address, original)
         return address
 
@@ -264,7 +255,19 @@ class Task:
         if address <= self.regs.rip < address + TRAMPOLINE_AREA:
             raise CriupyError(f"thread {self.pid} is executing the code criupy would borrow at {address:#x}")
         self._trampoline = other._trampoline
-        self.borrowed_code = other.borrowed_code
+
+    @property
+    def borrowed_code(self):
+        """The code the trampoline borrows, as instructions, for a log or a bug report (None if none).
+
+        Disassembled only when asked: capstone is not loaded while the task is frozen."""
+        if self._trampoline is None:
+            return None
+        import capstone
+
+        address, original = self._trampoline
+        return [f"{i.mnemonic} {i.op_str}".strip()
+                for i in capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64).disasm(original, address)]
 
     def _restore_trampoline(self):
         if self._trampoline is None:
