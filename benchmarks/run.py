@@ -52,6 +52,8 @@ class Run:
     memwrite: float = None
     dump_maxrss_kib: int = None
     restore_maxrss_kib: int = None
+    dump_cpu: float = None     # user + system time of the command: less swayed by a busy machine than wall
+    restore_cpu: float = None
     verified: bool = False
 
 
@@ -157,7 +159,7 @@ def reap_orphans():
 
 
 def timed(argv, env=None, stdout=subprocess.DEVNULL):
-    """Run argv; (exit status, wall seconds, peak RSS in KiB, last stderr line)."""
+    """Run argv; (exit status, wall seconds, peak RSS in KiB, last stderr line, user + system seconds)."""
     with tempfile.TemporaryFile() as err:
         started = time.monotonic()
         process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err)
@@ -166,7 +168,7 @@ def timed(argv, env=None, stdout=subprocess.DEVNULL):
         process.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         lines = err.read().decode(errors="replace").strip().splitlines()
-    return process.returncode, wall, usage.ru_maxrss, lines[-1] if lines else ""
+    return process.returncode, wall, usage.ru_maxrss, lines[-1] if lines else "", usage.ru_utime + usage.ru_stime
 
 
 class Tool:
@@ -228,8 +230,9 @@ def python_startup(repeat):
     """The floor of every command's wall time: `python3 -c pass` (site and .pth files included)."""
     result = Result("python3 -c pass", "-", "python")
     for _ in range(repeat):
-        status, wall, maxrss, _ = timed([sys.executable, "-c", "pass"])
-        result.runs.append(Run(dump_wall=wall, restore_wall=wall, dump_maxrss_kib=maxrss, restore_maxrss_kib=maxrss))
+        _, wall, maxrss, _, cpu = timed([sys.executable, "-c", "pass"])
+        result.runs.append(Run(dump_wall=wall, restore_wall=wall, dump_maxrss_kib=maxrss, restore_maxrss_kib=maxrss,
+                               dump_cpu=cpu, restore_cpu=cpu))
     return result
 
 
@@ -247,7 +250,7 @@ def one_run(tool, programs, case, work_dir, images):
     restored = None
     try:
         images.mkdir()
-        status, run.dump_wall, run.dump_maxrss_kib, line = tool.dump(victim.pid, images)
+        status, run.dump_wall, run.dump_maxrss_kib, line, run.dump_cpu = tool.dump(victim.pid, images)
         if status:
             return run, (Criu.failure(images, line, "dump.log") if isinstance(tool, Criu) else line) or "dump failed"
         victim.reap_dumped()
@@ -256,7 +259,7 @@ def one_run(tool, programs, case, work_dir, images):
                                                  stats.memwrite_time / 1e6)
         pidfile = work_dir / "restored.pid"
         pidfile.unlink(missing_ok=True)
-        status, run.restore_wall, run.restore_maxrss_kib, line = tool.restore(images, pidfile)
+        status, run.restore_wall, run.restore_maxrss_kib, line, run.restore_cpu = tool.restore(images, pidfile)
         if pidfile.exists():
             restored = int(pidfile.read_text())
         if status:
@@ -287,6 +290,11 @@ def summary(values):
     return {"best": min(values), "median": statistics.median(values)}
 
 
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def fmt_time(s):
     if s is None:
         return "-"
@@ -306,7 +314,7 @@ def ratio(pair, base):
 def report(results):
     """The table: each figure as best / median over the repeats, with its baseline and the ratios of medians."""
     header = ("case", "target", "tool", "dump wall", "frozen", "mem write", "baseline write", "write/base",
-              "frozen/base", "restore wall", "baseline read", "restore/base", "peak RSS dump/restore")
+              "frozen/base", "restore wall", "baseline read", "restore/base", "cpu dump/restore", "peak RSS dump/restore")
     rows, notes = [header], []
     for r in results:
         if r.runs:
@@ -319,13 +327,16 @@ def report(results):
             rows.append((r.case, r.target, r.tool, fmt_pair(summary([x.dump_wall for x in r.runs])),
                          fmt_pair(frozen), fmt_pair(memwrite), fmt_pair(write), ratio(memwrite, write),
                          ratio(frozen, write), fmt_pair(restore_wall), fmt_pair(read), ratio(restore_wall, read),
+                         f"{fmt_time(median([x.dump_cpu for x in r.runs]))}/"
+                         f"{fmt_time(median([x.restore_cpu for x in r.runs]))}",
                          f"{rss[0] // 1024}/{rss[1] // 1024} MiB"))
         if r.error:
             error = r.error.removeprefix("criupy: ")
             notes.append(f"{r.case} {r.target} {r.tool}: {error[:150]}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines + ["", "times: best / median of the repeats; ratios: of the medians"] + notes)
+    return "\n".join(lines + ["", "times: best / median of the repeats; ratios: of the medians; cpu: median user+system"]
+                     + notes)
 
 
 def plot(results, path):
