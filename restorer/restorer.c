@@ -141,13 +141,19 @@ static void map_vmas(struct rst_args *a)
 	}
 }
 
-/* Read pages-N.img straight into the pages' final places, many vectors per call. */
+/*
+ * Read pages-N.img straight into the pages' final places, many vectors per call.  The pages are
+ * made first with one MADV_POPULATE_WRITE per vector: far cheaper than a page fault for each page
+ * inside preadv.  A kernel without it (before 5.14) says EINVAL and the faults make them.
+ */
 static void fill_pages(struct rst_args *a)
 {
 	struct iovec *iov = (void *)a->iovs;
 	unsigned long left = a->nr_iovs;
 	unsigned long offset = 0;
 
+	for (unsigned long i = 0; i < a->nr_iovs; i++)
+		sys_call3(__NR_madvise, (long)iov[i].iov_base, iov[i].iov_len, MADV_POPULATE_WRITE);
 	while (left) {
 		unsigned long count = left < PREADV_MAX_IOVS ? left : PREADV_MAX_IOVS;
 		long got = sys_call5(__NR_preadv, a->pages_fd, (long)iov, count, offset, 0);
