@@ -95,10 +95,12 @@ class Victim:
             self.process = subprocess.Popen(argv, stdin=out, stdout=out, stderr=out, start_new_session=True)
         self.pid = self.process.pid
         self.checksum = self._wait_for_line("ready" if not case.counter else "0", timeout=600)
+        self.children = []
         if not case.counter:
             deadline = time.monotonic() + 60
-            while len(descendants(self.pid)) < case.children and time.monotonic() < deadline:
+            while len(self.children) < case.children and time.monotonic() < deadline:
                 time.sleep(0.01)
+                self.children = descendants(self.pid)
 
     def _wait_for_line(self, word, timeout, after=0):
         deadline = time.monotonic() + timeout
@@ -125,6 +127,12 @@ class Victim:
         if self.process.poll() is None:
             kill_tree(self.pid)
         self.process.wait()
+        # Its children were re-parented to us (subreaper): reap them, so their PIDs are free to restore.
+        deadline = time.monotonic() + 30
+        for child in self.children:
+            while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+                reap_orphans()
+                time.sleep(0.01)
 
 
 def descendants(pid):
