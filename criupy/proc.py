@@ -183,14 +183,18 @@ class FdInfo:
     extra: dict  # every other "key: value" line, value as text
 
 
-def fdinfo(pid, fd):
+def fdinfo_text(pid, fd):
+    """/proc/PID/fdinfo/FD as it is (kinds such as epoll have lines fdinfo() does not parse)."""
     try:
         with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
         raise CriupyError(f"fd {fd} of PID {pid} closed while criupy looked at it") from None
+
+
+def fdinfo(pid, fd):
     values = {}
-    for line in text.splitlines():
+    for line in fdinfo_text(pid, fd).splitlines():
         key, _, value = line.partition(":")
         values[key] = value.strip()
     return FdInfo(

@@ -190,8 +190,8 @@ def _pty_pair_report(text):
     return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
 
 
-def test_pty_pair_keeps_its_settings_name_and_queued_bytes(victim, processes, tmp_path):
-    output = tmp_path / "pty_pair.out"
+def _start_pty_pair(victim, processes, output):
+    """pty_pair started writing to output, once it is ready; and the deadline for the rest of the test."""
     with open(output, "w") as out:
         holder = processes.start([victim("pty_pair")], stdout=out, stdin=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
@@ -199,6 +199,12 @@ def test_pty_pair_keeps_its_settings_name_and_queued_bytes(victim, processes, tm
     while "ready" not in output.read_text():
         assert time.monotonic() < deadline and holder.poll() is None, output.read_text()
         time.sleep(0.01)
+    return holder, deadline
+
+
+def test_pty_pair_keeps_its_settings_name_and_queued_bytes(victim, processes, tmp_path):
+    output = tmp_path / "pty_pair.out"
+    holder, deadline = _start_pty_pair(victim, processes, output)
     before = _pty_pair_report(output.read_text())
     images = tmp_path / "images"
 
@@ -221,13 +227,7 @@ def test_pty_pair_keeps_its_settings_name_and_queued_bytes(victim, processes, tm
 
 def test_pty_pair_left_running_keeps_its_queued_bytes(victim, processes, tmp_path):
     output = tmp_path / "pty_pair.out"
-    with open(output, "w") as out:
-        holder = processes.start([victim("pty_pair")], stdout=out, stdin=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + GUARD_SECONDS
-    while "ready" not in output.read_text():
-        assert time.monotonic() < deadline and holder.poll() is None, output.read_text()
-        time.sleep(0.01)
+    holder, deadline = _start_pty_pair(victim, processes, output)
 
     criupy.dump(holder.pid, str(tmp_path / "images"), leave_running=True)
     holder.send_signal(signal.SIGUSR1)

@@ -5,6 +5,7 @@ since, while a copy of its file keeps the registration alive)."""
 
 import re
 
+from criupy import proc
 from criupy.errors import CriupyError
 from criupy.images.pb import eventpoll_pb2
 
@@ -13,13 +14,8 @@ _TFD = re.compile(r"\s*(\d+) events:\s*([0-9a-f]+) data:\s*([0-9a-f]+)\s+pos:(\d
 
 def registered(pid, fd):
     """[eventpoll_tfd_entry without id] of the epoll at fd of the task (its fdinfo's raw "tfd:" values)."""
-    try:
-        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise CriupyError(f"fd {fd} of PID {pid} closed while criupy looked at it") from None
     entries = []
-    for line in text.splitlines():
+    for line in proc.fdinfo_text(pid, fd).splitlines():
         if not line.startswith("tfd:"):
             continue
         match = _TFD.match(line[4:])
