@@ -205,8 +205,8 @@ def _dump_seized(frozen, images, stats, terminals, shell_job):
     # seized now: check again what was checked while the tree ran
     tty.check(frozen.members[0].pid, {m.pid: (files.inspect_fds(m.pid, frozen.pids()), proc.stat(m.pid))
                                       for m in frozen.members if not m.zombie}, shell_job)
-    files_image = files.FilesImage()
     shared_memory = shmem.SharedMemory()
+    files_image = files.FilesImage(shared_memory)
     ids = tree.IdGenerator()
     pstree = []
     pipe_data = []
@@ -234,6 +234,7 @@ def _dump_seized(frozen, images, stats, terminals, shell_job):
     images.write("pstree", pstree)
     images.write("files", files_image.entries)
     files_image.write_ghosts(images)
+    files_image.memfds.write(images)
     if pipe_data:
         images.write("pipes-data", [entry for entry, _ in pipe_data], payloads=[data for _, data in pipe_data])
     if sk_queues:

@@ -5,7 +5,7 @@ character devices (other than terminals) are dumped by path, with their flags an
 inode, with the bytes still in them, read without taking them: the parasite sends criupy a copy of the
 pipe's read end and tee() duplicates the buffered data into a pipe of criupy's (as CRIU does). Other
 kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues; anon: eventfd,
-signalfd, timerfd; eventpoll; tty: terminals and ptys). FIFOs are dumped by path, their data as a
+signalfd, timerfd; eventpoll; tty: terminals and ptys; memfd). FIFOs are dumped by path, their data as a
 pipe's. Every other kind of file stops the dump, naming the fd.
 
 Files the task uses without an fd (mapped files, the executable, cwd, root) are entries of the same
@@ -23,7 +23,7 @@ import stat
 from dataclasses import dataclass
 
 from criupy import elf, proc
-from criupy.dump.fds import anon, eventpoll, unix
+from criupy.dump.fds import anon, eventpoll, memfd, unix
 from criupy.errors import CriupyError
 from criupy.images.pb import (fdinfo_pb2, fifo_pb2, fown_pb2, ghost_file_pb2, pipe_data_pb2, pipe_pb2,
                               regfile_pb2, remap_file_path_pb2, time_pb2)
@@ -86,7 +86,7 @@ def _reg_entry(file_id, flags, pos, path, st, mnt_id):
 class FilesImage:
     """files.img as it is built: file ids handed out from 1, entries in the order they were added."""
 
-    def __init__(self):
+    def __init__(self, shared_memory):
         self.entries = []
         self._next_id = 1
         self._by_file = {}  # (st_dev, st_ino) -> reg_file_entry of files used without an fd
@@ -95,6 +95,7 @@ class FilesImage:
         self.descriptions = []
         self.pipes_read = set()  # pipe inodes, ("fifo", inode) of FIFOs, whose data is saved already
         self.ghosts = {}  # file id -> (path to read it through, stat) of deleted files still mapped
+        self.memfds = memfd.Memfds(shared_memory)
 
     def new_id(self):
         file_id = self._next_id
@@ -136,6 +137,12 @@ class FilesImage:
         return entry.id
 
     def mapped_file(self, what, path, st, open_flags, map_files_link):
+        if memfd.is_memfd(path):
+            entry, new = self.memfds.mapping_entry(what, path, map_files_link, st, open_flags, self.new_id,
+                                                   _no_owner())
+            if new:
+                self.add(fdinfo_pb2.MEMFD, "memfd", entry)
+            return entry.id
         deleted_source = map_files_link if path.endswith(" (deleted)") else None
         return self.path_file(what, path, st, open_flags, _mnt_id_of(map_files_link), deleted_source)
 
@@ -197,7 +204,7 @@ class OpenFd:
 # kind -> fdinfo type
 FD_TYPES = {"reg": fdinfo_pb2.REG, "pipe": fdinfo_pb2.PIPE, "unix": fdinfo_pb2.UNIXSK, "fifo": fdinfo_pb2.FIFO, "eventfd": fdinfo_pb2.EVENTFD,
             "signalfd": fdinfo_pb2.SIGNALFD, "timerfd": fdinfo_pb2.TIMERFD, "eventpoll": fdinfo_pb2.EVENTPOLL,
-            "tty": fdinfo_pb2.TTY}
+            "tty": fdinfo_pb2.TTY, "memfd": fdinfo_pb2.MEMFD}
 
 
 def _kind(fd, link, st):
@@ -215,8 +222,8 @@ def _kind(fd, link, st):
         raise _unsupported(fd, f"{article} {name}", link)
     if not link.startswith("/"):
         raise _unsupported(fd, "a special file", link)  # nsfs, pidfs...
-    if link.startswith("/memfd:"):
-        raise _unsupported(fd, "a memfd", link)
+    if memfd.is_memfd(link):
+        return "memfd"
     if stat.S_ISCHR(mode):
         return "tty" if os.major(st.st_rdev) in TTY_MAJORS else "reg"
     if stat.S_ISBLK(mode):
@@ -355,6 +362,11 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
                 files.add_reg(_reg_entry(regf_id, flags, 0, path, open_fd.st, open_fd.info.mnt_id))
                 files.add(fdinfo_pb2.FIFO, "fifo", fifo_pb2.fifo_entry(id=file_id, pipe_id=open_fd.st.st_ino,
                                                                        regf_id=regf_id))
+            elif open_fd.kind == "memfd":
+                inode_id = files.memfds.inode_id(f"fd {open_fd.fd}", open_fd.link, f"/proc/{pid}/fd/{open_fd.fd}",
+                                                 open_fd.st)
+                files.add(fdinfo_pb2.MEMFD, "memfd", files.memfds.file_entry(file_id, flags, open_fd.info.pos,
+                                                                             _no_owner(), inode_id))
             elif open_fd.kind == "tty":
                 files.add(fdinfo_pb2.TTY, "tty", terminals.file_entry(open_fd, file_id, flags, _no_owner()))
             else:

@@ -27,6 +27,7 @@ VMA_FILE_SHARED = 1 << 7
 VMA_ANON_SHARED = 1 << 8
 VMA_ANON_PRIVATE = 1 << 9
 VMA_AREA_VVAR = 1 << 12
+VMA_AREA_MEMFD = 1 << 14
 
 # pagemap_entry.flags
 PE_PRESENT = 1 << 2
@@ -82,7 +83,8 @@ def check_mappings(pid):
 
 
 def _classify(pid, smaps_entry):
-    """'skip', 'vdso', 'anon', 'shmem', 'file' (or 'gone') for one mapping; raises for what is not supported."""
+    """'skip', 'vdso', 'anon', 'shmem', 'memfd', 'file' (or 'gone') for one mapping; raises for what is not
+    supported."""
     m = smaps_entry.mapping
     if m.path in SKIPPED_AREAS:
         return "skip"
@@ -90,7 +92,11 @@ def _classify(pid, smaps_entry):
         return "vdso"
     if m.shared and m.path == "/dev/zero (deleted)" and m.inode:
         return "shmem"  # MAP_SHARED|MAP_ANONYMOUS: the kernel's shmem file, one inode per mmap call
-    if m.shared and (m.inode == 0 or m.path.startswith(("/dev/zero", "/SYSV", "/memfd:"))):
+    if m.path.startswith("/memfd:") and m.inode:
+        if "ht" in smaps_entry.vm_flags:
+            raise CriupyError(f"{describe(m)} maps a hugetlb memfd: not supported yet")
+        return "memfd"
+    if m.shared and (m.inode == 0 or m.path.startswith(("/dev/zero", "/SYSV"))):
         raise CriupyError(f"{describe(m)} is shared memory of a kind not supported yet")
     if any(flag in smaps_entry.vm_flags for flag in VM_FLAGS_DEVICE):
         raise CriupyError(f"{describe(m)} is device memory (VM_IO/VM_PFNMAP): not supported yet")
@@ -98,8 +104,6 @@ def _classify(pid, smaps_entry):
         raise CriupyError(f"{describe(m)} is a shadow stack: not supported yet")
     if m.inode == 0:
         return "anon"
-    if m.path.startswith("/memfd:"):
-        raise CriupyError(f"{describe(m)} maps a memfd: not supported yet")
     st = _mapped_file_stat(pid, m)
     if st is None:
         return "gone"
@@ -150,11 +154,13 @@ def collect_vmas(pid, files):
             writable_shared = m.shared and "w" in m.perms
             open_flags = os.O_RDWR if writable_shared else os.O_RDONLY
             entry.status |= VMA_FILE_SHARED if m.shared else VMA_FILE_PRIVATE
+            if kind == "memfd":
+                entry.status |= VMA_AREA_MEMFD  # shmid names a MEMFD entry of files.img (as CRIU)
             entry.pgoff = m.offset
             entry.fdflags = open_flags
             entry.shmid = files.mapped_file(describe(m), m.path, _mapped_file_stat(pid, m), open_flags,
                                             f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
-        vmas.append(Vma(entry, private_pages=kind in ("anon", "file") and not m.shared))
+        vmas.append(Vma(entry, private_pages=kind in ("anon", "file", "memfd") and not m.shared))
     return vmas
 
 

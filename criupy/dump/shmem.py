@@ -2,8 +2,9 @@
 
 Such a mapping is a file of the kernel's shmem filesystem ("/dev/zero (deleted)"); every process that
 inherited it over fork maps the same inode, which is the mapping's shmid in mm-PID.img (as CRIU keys
-them). Its contents are read once, through /proc/PID/map_files of any process mapping it, taking only
-the pages that hold data (SEEK_DATA/SEEK_HOLE, so never-touched pages cost nothing). The pagemap
+them). A memfd is a file of the same filesystem, its contents dumped alike, keyed by its inode (as
+CRIU does). Contents are read once, through /proc/PID/map_files of any process mapping it (or an fd of
+the memfd), taking only the pages that hold data (SEEK_DATA/SEEK_HOLE, so never-touched pages cost nothing). The pagemap
 entries' vaddr is the offset in the region, as CRIU writes them.
 """
 
@@ -19,10 +20,10 @@ log = logging.getLogger("criupy.dump")
 
 
 class SharedMemory:
-    """The shared regions of the dumped tree: inode -> (pid, vma) to read it through, and its size."""
+    """The shared regions of the dumped tree: inode -> the path to read it through, and its size."""
 
     def __init__(self):
-        self.regions = {}  # shmid -> [pid, map_files name, size in bytes]
+        self.regions = {}  # shmid -> [path to read it through, size in bytes]
 
     def add_vmas(self, pid, vmas):
         for vma in vmas:
@@ -30,14 +31,17 @@ class SharedMemory:
             if not e.status & VMA_ANON_SHARED:
                 continue
             end_offset = e.pgoff + e.end - e.start
-            region = self.regions.setdefault(e.shmid, [pid, f"{e.start:x}-{e.end:x}", 0])
-            region[2] = max(region[2], end_offset)
+            region = self.regions.setdefault(e.shmid, [f"/proc/{pid}/map_files/{e.start:x}-{e.end:x}", 0])
+            region[1] = max(region[1], end_offset)
+
+    def add_file(self, shmid, path, size):
+        """A memfd's contents: size bytes of the file at path (a /proc magic link to it)."""
+        self.regions[shmid] = [path, size + -size % PAGE_SIZE]
 
     def dump(self, images, first_pages_id):
         """Write each region's pagemap and pages; returns the number of pages written."""
         written = 0
-        for pages_id, (shmid, (pid, name, size)) in enumerate(sorted(self.regions.items()), first_pages_id):
-            path = f"/proc/{pid}/map_files/{name}"
+        for pages_id, (shmid, (path, size)) in enumerate(sorted(self.regions.items()), first_pages_id):
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as e:

@@ -76,7 +76,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
     helpers = check_tree(tasks)
     live = [task for task in tasks if not task.zombie]
     plans = {task.pid: plan_memory(task) for task in live}
-    opened = open_files(live)
+    opened = open_files(live, ImagesDir(images_dir, "r"))
     any_opened = opened[live[0].pid]
     pipes = {}  # pid -> (log read, go write): criupy's ends of the task's log and go pipes
     own_fds = {}  # pid -> (log write, go read, pages, images dir): the task's ends, held for it

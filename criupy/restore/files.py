@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from criupy import elf
 from criupy.errors import CriupyError
-from criupy.restore.fds import anon, eventpoll, fifo, tty, unix
+from criupy.restore.fds import anon, eventpoll, fifo, memfd, tty, unix
 from criupy.images.pb import fdinfo_pb2
 from criupy.restore.memory import VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
@@ -177,10 +177,10 @@ def _open_fifos(task, opened):
     return keepers
 
 
-def open_files(tasks):
+def open_files(tasks, images):
     """Open everything the tasks' restorers need: {pid: OpenedFiles}, sharing one held list (close()
     on any releases all, once the tasks have their copies). A file description several tasks share
-    (one files.img id) is opened once and given to each."""
+    (one files.img id) is opened once and given to each. images: the ImagesDir (memfd contents)."""
     held = []
     opened = {task.pid: OpenedFiles(held=held) for task in tasks}
     ghost_paths = _create_ghosts(tasks[0])
@@ -192,9 +192,10 @@ def open_files(tasks):
         pipes = _open_pipes(tasks[0], opened[tasks[0].pid])
         sockets = _open_socket_pairs(tasks[0], opened[tasks[0].pid])
         fifos = _open_fifos(tasks[0], opened[tasks[0].pid])
+        memfds = memfd.make_memfds(tasks[0].memfd_inodes, images, opened[tasks[0].pid].hold)
         by_file_id = {}
         for task in tasks:
-            _open_all(task, opened[task.pid], pipes, sockets, fifos, by_file_id)
+            _open_all(task, opened[task.pid], pipes, sockets, fifos, memfds, by_file_id)
         terminals.finish_ptys()
     except BaseException:
         for fd in held:
@@ -245,7 +246,7 @@ def _open_socket_pairs(task, opened):
     return fds
 
 
-def _open_all(task, opened, pipes, sockets, fifos, by_file_id):
+def _open_all(task, opened, pipes, sockets, fifos, memfds, by_file_id):
     epolls = {}  # file id -> (its fd number here, eventpoll_file_entry) of each epoll first opened for this task
     for fdinfo in sorted(task.fdinfo, key=lambda e: e.fd):
         source = by_file_id.get(fdinfo.id)
@@ -274,6 +275,8 @@ def _open_all(task, opened, pipes, sockets, fifos, by_file_id):
                     epolls[fdinfo.id] = (fdinfo.fd, entry.epfd)
             elif entry.type == fdinfo_pb2.TTY:
                 source = opened.terminals.open(entry.tty, fdinfo.fd)
+            elif entry.type == fdinfo_pb2.MEMFD:
+                source = opened.hold(memfd.open_file(entry.memfd, memfds, entry.memfd.flags & ~OPEN_FLAGS_DROPPED))
             else:
                 kind = fdinfo_pb2.fd_types.Name(entry.type)
                 raise CriupyError(f"fd {fdinfo.fd} is a {kind} file, which criupy cannot restore yet")
@@ -282,11 +285,16 @@ def _open_all(task, opened, pipes, sockets, fifos, by_file_id):
     eventpoll.register(opened.fds, list(epolls.values()))  # once per epoll, in the first task that has it
 
     for mapping_file_id in {v.shmid for v in task.mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)}:
-        reg = _reg(task, mapping_file_id, "a mapping")
         shared_writable = any(
             v.shmid == mapping_file_id and v.status & VMA_FILE_SHARED and v.prot & mmap.PROT_WRITE for v in task.mm.vmas
         )
-        fd = _open_checked(_path(reg), os.O_RDWR if shared_writable else os.O_RDONLY, reg)
+        access = os.O_RDWR if shared_writable else os.O_RDONLY
+        entry = task.files.get(mapping_file_id)
+        if entry is not None and entry.type == fdinfo_pb2.MEMFD:
+            fd = memfd.open_file(entry.memfd, memfds, access)
+        else:
+            reg = _reg(task, mapping_file_id, "a mapping")
+            fd = _open_checked(_path(reg), access, reg)
         opened.mapping_fds[mapping_file_id] = opened.hold(fd)
 
     exe = _reg(task, task.mm.exe_file_id, "the executable")

@@ -40,6 +40,7 @@ class DumpedTask:
     ghosts: dict = field(default_factory=dict)  # files.img id -> (ghost_file_entry, contents), the tree's
     tty_infos: dict = field(default_factory=dict)  # tty-info id -> tty_info_entry, the tree's
     tty_data: dict = field(default_factory=dict)   # tty-info id -> bytes queued for reading on that end, the tree's
+    memfd_inodes: dict = field(default_factory=dict)  # inode_id -> memfd_inode_entry (memfd.img), the tree's
 
     @property
     def zombie(self):
@@ -121,9 +122,10 @@ def read_tree(images_dir):
         if entry.tty_id not in tty_infos:
             raise CriupyError(f"image tty-data.img is corrupt: no terminal {entry.tty_id} in tty-info.img")
         tty_data[entry.tty_id] = tty_data.get(entry.tty_id, b"") + entry.data
+    memfd_inodes = {entry.inode_id: entry for entry in _read(images, "memfd", required=False)}
     tasks = [_read_task(images, entry, files, pipe_data, sk_queues, fifo_data, ghosts) for entry in tree]
     for task in tasks:
-        task.tty_infos, task.tty_data = tty_infos, tty_data
+        task.tty_infos, task.tty_data, task.memfd_inodes = tty_infos, tty_data, memfd_inodes
     return tasks
 
 

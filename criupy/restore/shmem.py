@@ -45,13 +45,14 @@ def _make_region(images, shmid, size):
         raise CriupyError(f"cannot make shared memory {shmid} of {size} bytes: {os.strerror(ctypes.get_errno())}")
     try:
         if images.exists(name):  # no image: the region held no data
-            _fill(images, name, address, size)
+            fill(images, name, address, size)
         return os.open(f"/proc/self/map_files/{address:x}-{address + size:x}", os.O_RDWR | os.O_CLOEXEC)
     finally:
         libc.munmap(address, size)
 
 
-def _fill(images, name, address, size):
+def fill(images, name, address, size):
+    """Copy the pages of pagemap-shmem image name into the size bytes mapped at address."""
     try:
         head, *entries = images.read(name)
     except CriupyError:
