@@ -41,11 +41,14 @@ def memfd_fd(pid):
         os.close(own)
 
 
-def start(victim, processes, tmp_path, *args):
+def start(victim, processes, tmp_path, *args, count=1):
+    """The victim, once its count processes are ready; each is stopped at teardown, whatever happens."""
     output = tmp_path / "memfd.out"
     with open(output, "w") as out:
         task = processes.start([victim("memfd"), *args], stdout=out, **QUIET)
-    wait_for(lambda: any(line.startswith("ready") for line in lines(output)), "the victim to start")
+    wait_for(lambda: len(numbered(output, "ready")) == count, "the victim to start")
+    for pid, in numbered(output, "ready"):
+        processes.track(pid)
     return task, output
 
 
@@ -68,7 +71,6 @@ def test_memfd_fd_and_mappings_keep_contents_seals_size_and_addresses(victim, pr
     shown = subprocess.run(["crit", "show", str(images / "memfd.img")], capture_output=True, text=True, check=True)
     assert "criupy-buf" in shown.stdout
 
-    processes.track(task.pid)
     assert restore(str(images), detach=True) == task.pid
     assert memfd_maps(task.pid) == maps  # same addresses, offsets, names
     assert memfd_fd(task.pid) == (fd, fd_state)  # size, seals, position, flags, contents
@@ -79,7 +81,7 @@ def test_memfd_fd_and_mappings_keep_contents_seals_size_and_addresses(victim, pr
 
 
 def test_parent_and_child_keep_sharing_a_memfd_mapping(victim, processes, tmp_path):
-    task, output = start(victim, processes, tmp_path, "tree")
+    task, output = start(victim, processes, tmp_path, "tree", count=2)
     wait_for(lambda: len(numbered(output, "turn")) > 10, "parent and child to take turns")
     before = tree_of(task.pid)
     assert len(before) == 2
@@ -92,8 +94,6 @@ def test_parent_and_child_keep_sharing_a_memfd_mapping(victim, processes, tmp_pa
     d = ImagesDir(str(images), "r")
     assert len(d.read("memfd")) == 2 and len([n for n in d.names() if n.startswith("pagemap-shmem-")]) == 2
 
-    for pid in before:
-        processes.track(pid)
     restore(str(images), detach=True)
     assert tree_of(task.pid) == before
     assert {pid: memfd_maps(pid) for pid in before} == maps

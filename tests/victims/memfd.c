@@ -40,7 +40,7 @@ int main(int argc, char **argv)
 	if (argc > 1 && !strcmp(argv[1], "tree")) {
 		volatile long *turn = &shared[1024];
 		int is_child = fork() == 0;
-		printf("ready %d\n", is_child ? getppid() : getpid());
+		printf("ready %d\n", getpid());
 		for (;;) {
 			long now = __atomic_load_n(turn, __ATOMIC_SEQ_CST);
 			if (now % 2 == is_child) {
