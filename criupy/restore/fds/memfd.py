@@ -67,6 +67,9 @@ def open_file(entry, memfds, flags):
     if memfd is None:
         raise CriupyError(f"image files.img is corrupt: memfd file {entry.id} names inode {entry.inode_id}, "
                           f"not in memfd.img")
-    fd = os.open(f"/proc/self/fd/{memfd}", flags | os.O_CLOEXEC)
+    try:
+        fd = os.open(f"/proc/self/fd/{memfd}", flags | os.O_CLOEXEC)
+    except OSError as e:
+        raise CriupyError(f"cannot open memfd {entry.id} again: {e.strerror}") from None
     os.lseek(fd, entry.pos, os.SEEK_SET)
     return fd
