@@ -123,6 +123,21 @@ static void unmap_everything_else(struct rst_args *a)
 	must(sys_munmap((void *)region_end, a->task_size - region_end), "unmapping above the restorer");
 }
 
+#define SHM_RDONLY 010000
+#define SHM_EXEC 0100000
+
+/* A real SysV attach (counted in shm_nattch), of the whole segment as dumped; PROT_NONE is an mprotect after. */
+static long attach_sysv(struct rst_vma *v)
+{
+	long flags = (v->prot & PROT_WRITE ? 0 : SHM_RDONLY) | (v->prot & PROT_EXEC ? SHM_EXEC : 0);
+	long addr = sys_call3(__NR_shmat, v->fd, v->start, flags);
+
+	if (addr == (long)v->start && !(v->prot & PROT_READ))
+		must(sys_mprotect((void *)v->start, v->end - v->start, v->prot), "mprotect of %lx",
+		     (unsigned long)v->start);
+	return addr;
+}
+
 static void map_vmas(struct rst_args *a)
 {
 	struct rst_vma *v = (void *)a->vmas;
@@ -130,8 +145,13 @@ static void map_vmas(struct rst_args *a)
 	for (unsigned i = 0; i < a->nr_vmas; i++) {
 		unsigned long len = v[i].end - v[i].start;
 		int prot = v[i].prot | (v[i].fill ? PROT_WRITE : 0);
-		long addr = sys_mmap((void *)v[i].start, len, prot, v[i].flags | MAP_FIXED_NOREPLACE, v[i].fd,
-				     v[i].pgoff);
+		long addr;
+
+		if (v[i].sysv)
+			addr = attach_sysv(&v[i]);
+		else
+			addr = sys_mmap((void *)v[i].start, len, prot, v[i].flags | MAP_FIXED_NOREPLACE, v[i].fd,
+					v[i].pgoff);
 
 		if (addr != (long)v[i].start) {
 			pr_err("restorer: mapping %lx-%lx failed: errno %ld", (unsigned long)v[i].start,

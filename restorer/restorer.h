@@ -25,9 +25,11 @@ struct rst_vma {
 	__u64 pgoff;  /* file offset in bytes */
 	__u32 prot;   /* final PROT_* */
 	__u32 flags;  /* MAP_* for mmap (MAP_FIXED_NOREPLACE is added) */
-	__s32 fd;     /* file to map (a restorer fd), -1 for anonymous memory */
+	__s32 fd;     /* file to map (a restorer fd), -1 for anonymous memory; a segment's id if sysv */
 	__u32 fill;   /* 1: dumped pages go in, so it is mapped writable until they are read */
 	__u64 madv;   /* bit N set: madvise(start, len, N) */
+	__u32 sysv;   /* 1: fd is the id of a SysV segment, attached here with shmat */
+	__u32 pad;
 };
 
 /* [vvar], [vvar_vclock], [vdso]: the kernel's own areas are moved, never mapped anew. */

@@ -199,13 +199,14 @@ def _suppress_gone(check, pid):
 
 
 def _dump_seized(frozen, images, stats, terminals, shell_job):
-    from criupy.dump import files, memory, shmem, tree
+    from criupy.dump import files, memory, shmem, sysvshm, tree
     from criupy.dump.fds import tty
 
     # seized now: check again what was checked while the tree ran
     tty.check(frozen.members[0].pid, {m.pid: (files.inspect_fds(m.pid, frozen.pids()), proc.stat(m.pid))
                                       for m in frozen.members if not m.zombie}, shell_job)
     shared_memory = shmem.SharedMemory()
+    sysv_segments = sysvshm.SysvSegments()
     files_image = files.FilesImage(shared_memory)
     ids = tree.IdGenerator()
     pstree = []
@@ -220,7 +221,7 @@ def _dump_seized(frozen, images, stats, terminals, shell_job):
             continue
         pstree.append(tree.pstree_entry(stat, member.group.tids, is_root=member.parent == 0))
         dumped_fds = _dump_process(member.pid, member.group, stat, pages_id, images, stats, files_image,
-                                   shared_memory, ids, frozen.pids(), terminals)
+                                   shared_memory, sysv_segments, ids, frozen.pids(), terminals)
         pipe_data += dumped_fds.pipe_data
         sk_queues += dumped_fds.sk_queues
         fifo_data += dumped_fds.fifo_data
@@ -228,6 +229,7 @@ def _dump_seized(frozen, images, stats, terminals, shell_job):
 
     write_started = time.monotonic()
     stats.pages_written += shared_memory.dump(images, len(frozen.members) + 1)
+    sysv_segments.write(images, ids.namespace_id(frozen.members[0].pid, "ipc"))
     stats.memwrite_time += _microseconds(write_started)
 
     images.write("inventory", [tree.inventory_entry(ids)])
@@ -247,8 +249,8 @@ def _dump_seized(frozen, images, stats, terminals, shell_job):
         images.write("tty-data", terminals.data)
 
 
-def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared_memory, ids, tree_pids,
-                  terminals):
+def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared_memory, sysv_segments, ids,
+                  tree_pids, terminals):
     """The images of one seized process (core per thread, ids, mm, pagemap + pages-<pages_id>, fdinfo, fs).
 
     Returns its DumpedFds: the pipe data and socket queues first read here go in the tree's images."""
@@ -261,6 +263,7 @@ def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared
     open_fds = files.inspect_fds(pid, tree_pids)
     vmas = memory.collect_vmas(pid, files_image)
     shared_memory.add_vmas(pid, vmas)
+    sysv_segments.add_vmas(pid, vmas)
     memdump_started = time.monotonic()
     pages = memory.find_pages(pid, vmas)
     stats.memdump_time += _microseconds(memdump_started)

@@ -26,6 +26,7 @@ VMA_FILE_PRIVATE = 1 << 6
 VMA_FILE_SHARED = 1 << 7
 VMA_ANON_SHARED = 1 << 8
 VMA_ANON_PRIVATE = 1 << 9
+VMA_AREA_SYSVIPC = 1 << 10
 VMA_AREA_VVAR = 1 << 12
 VMA_AREA_MEMFD = 1 << 14
 
@@ -83,7 +84,7 @@ def check_mappings(pid):
 
 
 def _classify(pid, smaps_entry):
-    """'skip', 'vdso', 'anon', 'shmem', 'memfd', 'file' (or 'gone') for one mapping; raises for what is not
+    """'skip', 'vdso', 'anon', 'shmem', 'sysv', 'memfd', 'file' (or 'gone') for one mapping; raises for what is not
     supported."""
     m = smaps_entry.mapping
     if m.path in SKIPPED_AREAS:
@@ -96,7 +97,11 @@ def _classify(pid, smaps_entry):
         if "ht" in smaps_entry.vm_flags:
             raise CriupyError(f"{describe(m)} maps a hugetlb memfd: not supported yet")
         return "memfd"
-    if m.shared and (m.inode == 0 or m.path.startswith(("/dev/zero", "/SYSV"))):
+    if m.shared and m.path.startswith("/SYSV") and m.path.endswith(" (deleted)"):
+        if "ht" in smaps_entry.vm_flags:
+            raise CriupyError(f"{describe(m)} is a hugetlb SysV segment: not supported yet")
+        return "sysv"  # a SysV attach: the inode is the segment's id
+    if m.shared and (m.inode == 0 or m.path.startswith("/dev/zero")):
         raise CriupyError(f"{describe(m)} is shared memory of a kind not supported yet")
     if any(flag in smaps_entry.vm_flags for flag in VM_FLAGS_DEVICE):
         raise CriupyError(f"{describe(m)} is device memory (VM_IO/VM_PFNMAP): not supported yet")
@@ -145,6 +150,11 @@ def collect_vmas(pid, files):
             # shared with other processes of the tree: its pages are dumped once, by criupy.dump.shmem
             entry.status |= VMA_ANON_SHARED
             entry.flags |= mmap.MAP_ANONYMOUS
+            entry.shmid = m.inode
+            entry.pgoff = m.offset
+        elif kind == "sysv":
+            # the segment is dumped once, by criupy.dump.sysvshm; the restorer attaches it again
+            entry.status |= VMA_AREA_SYSVIPC
             entry.shmid = m.inode
             entry.pgoff = m.offset
         elif kind == "anon":

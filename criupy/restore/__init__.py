@@ -12,6 +12,7 @@ Steps, each in its module:
   images   read and check every image (nothing is created before they pass)
   memory   the mappings, page vectors and vDSO moves each task's restorer performs
   shmem    anonymous shared memory, made once and filled, for every task that maps it
+  sysvshm  SysV shared memory segments, made again with their key and id, attached by each restorer
   files    open the dumped files (checked against the dump), pipes and ptys (refilled), once per
            file description however many tasks share it; a shell job's terminal is criupy's own
   prepare  each task's restorer mapping: blob + arguments, at an address free here and in its dump
@@ -64,6 +65,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
     from criupy.restore.images import open_pages, read_tree
     from criupy.restore.memory import plan_memory
     from criupy.restore.shmem import open_shared_memory
+    from criupy.restore.sysvshm import SysvSegments
     from criupy.restore.task import Restoring, call_restorer
     from criupy.restore.tree import TreeCreation, check_tree
 
@@ -81,7 +83,9 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
     pipes = {}  # pid -> (log read, go write): criupy's ends of the task's log and go pipes
     own_fds = {}  # pid -> (log write, go read, pages, images dir): the task's ends, held for it
     regions = {}
+    segments = SysvSegments()
     try:
+        segments.create(ImagesDir(images_dir, "r"))
         shared_memory = open_shared_memory(ImagesDir(images_dir, "r"), live, any_opened.hold)
         for task in live:
             opened[task.pid].shmem_fds = dict(shared_memory)
@@ -123,6 +127,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
         for log_read, go_write in pipes.values():
             os.close(log_read)
             os.close(go_write)
+        segments.remove_all()
         raise
     finally:
         any_opened.close()  # the tasks have their own copies now
@@ -144,11 +149,13 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
     except BaseException:
         creation.kill_all()
         terminals.undo_job_settings()
+        segments.remove_all()
         raise
     finally:
         for log_read, go_write in pipes.values():
             os.close(log_read)
             os.close(go_write)
+    segments.remove_marked()
     root = tasks[0].pid
     log.info("restored PID %d%s", root, f" and {len(tasks) - 1} more processes" if len(tasks) > 1 else "")
 

@@ -25,7 +25,7 @@ class Struct(ctypes.Structure):
 class Vma(Struct):
     _fields_ = [
         ("start", u64), ("end", u64), ("pgoff", u64),
-        ("prot", u32), ("flags", u32), ("fd", s32), ("fill", u32), ("madv", u64),
+        ("prot", u32), ("flags", u32), ("fd", s32), ("fill", u32), ("madv", u64), ("sysv", u32), ("pad", u32),
     ]
 
 

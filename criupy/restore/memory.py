@@ -25,11 +25,13 @@ VMA_FILE_PRIVATE = 1 << 6
 VMA_FILE_SHARED = 1 << 7
 VMA_ANON_SHARED = 1 << 8
 VMA_ANON_PRIVATE = 1 << 9
+VMA_AREA_SYSVIPC = 1 << 10  # a SysV attach: shmid is the segment's id (criupy.restore.sysvshm makes it)
 VMA_AREA_VVAR = 1 << 12
 VMA_AREA_MEMFD = 1 << 14  # a file mapping of a memfd: shmid names a MEMFD entry of files.img
 VMA_KINDS_SUPPORTED = (
     VMA_AREA_REGULAR | VMA_AREA_STACK | VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_HEAP
     | VMA_FILE_PRIVATE | VMA_FILE_SHARED | VMA_ANON_SHARED | VMA_ANON_PRIVATE | VMA_AREA_VVAR | VMA_AREA_MEMFD
+    | VMA_AREA_SYSVIPC
 )
 
 # pagemap_entry.flags
@@ -58,6 +60,7 @@ class Mapping:
     shared: bool
     shmem_id: int | None  # anonymous shared memory: mapped from the region criupy.restore.shmem makes
     madv: int
+    sysv_id: int | None = None  # a SysV segment's id: the restorer attaches it
     fill: bool = False   # pages of pages-N.img go in
 
 
@@ -104,7 +107,10 @@ def plan_memory(task):
                               f"(status {vma.status:#x})")
         file_backed = bool(vma.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED))
         shared_anonymous = bool(vma.status & VMA_ANON_SHARED)
+        sysv = bool(vma.status & VMA_AREA_SYSVIPC)
         flags = vma.flags & MAP_KEPT
+        if sysv and (file_backed or shared_anonymous or vma.pgoff):
+            raise CriupyError(f"{name}: SysV mapping {vma.start:#x}-{vma.end:#x} is corrupt")
         if shared_anonymous:
             flags = flags & ~mmap.MAP_ANONYMOUS | mmap.MAP_SHARED
         elif file_backed:
@@ -117,7 +123,7 @@ def plan_memory(task):
             start=vma.start, end=vma.end, pgoff=vma.pgoff if file_backed or shared_anonymous else 0, prot=vma.prot,
             flags=flags, file_id=vma.shmid if file_backed else None, shared=bool(flags & mmap.MAP_SHARED),
             shmem_id=vma.shmid if shared_anonymous else None,
-            madv=vma.madv if vma.HasField("madv") else 0,
+            madv=vma.madv if vma.HasField("madv") else 0, sysv_id=vma.shmid if sysv else None,
         ))
     iovecs, pages_size = _page_vectors(task, mappings)
     return MemoryPlan(mappings=mappings, iovecs=iovecs, pages_size=pages_size,

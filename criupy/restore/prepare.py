@@ -34,6 +34,8 @@ def _sigactions(core, pid):
 
 
 def _mapping_fd(mapping, opened):
+    if mapping.sysv_id is not None:
+        return mapping.sysv_id  # not an fd: the segment the restorer attaches
     if mapping.shmem_id is not None:
         return opened.shmem_fds[mapping.shmem_id]
     return -1 if mapping.file_id is None else opened.mapping_fds[mapping.file_id]
@@ -164,7 +166,7 @@ def _fill(region, task, plan, opened, leader, others, signals, timers, pages_fd,
 
     a.vmas = region.array(rst.Vma, (
         dict(start=m.start, end=m.end, pgoff=m.pgoff, prot=m.prot, flags=m.flags,
-             fd=_mapping_fd(m, opened), fill=int(m.fill), madv=m.madv)
+             fd=_mapping_fd(m, opened), fill=int(m.fill), madv=m.madv, sysv=int(m.sysv_id is not None))
         for m in plan.mappings))
     a.nr_vmas = len(plan.mappings)
     a.iovs = region.array(rst.Iovec, (dict(base=base, len=length) for base, length in plan.iovecs))
