@@ -23,8 +23,24 @@ def build_id(path):
     return None
 
 
-def build_id_words(path):
-    """The build-id as CRIU's reg_file_entry keeps it: little-endian 32-bit words; () if none or unreadable."""
+# (st_dev, st_ino, st_size, st_mtime_ns) -> build_id_words of that file: parsing ELF takes milliseconds, so
+# the dump reads the mapped files' build-ids before it stops the process (criupy.dump.memory.check_mappings)
+_words_by_file = {}
+
+
+def build_id_words(path, st=None):
+    """The build-id as CRIU's reg_file_entry keeps it: little-endian 32-bit words; () if none or unreadable.
+
+    st: the file's os.stat: the result is kept for it, and a file changed since (size or mtime) is read again."""
+    if st is None:
+        return _read_build_id_words(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _words_by_file:
+        _words_by_file[key] = _read_build_id_words(path)
+    return _words_by_file[key]
+
+
+def _read_build_id_words(path):
     try:
         found = build_id(path)
     except OSError:

@@ -79,7 +79,7 @@ def _reg_entry(file_id, flags, pos, path, st, mnt_id):
         # what restore checks the file by: a file changed since the dump is refused, naming it
         entry.size = st.st_size
         entry.mtime_ns = st.st_mtime_ns
-        entry.build_id.extend(elf.build_id_words(path))
+        entry.build_id.extend(elf.build_id_words(path, st))
     return entry
 
 

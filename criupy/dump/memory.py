@@ -5,13 +5,14 @@ name a reg_file_entry of files.img. The pages to save are found with criupy.dump
 by the parasite straight from the task's memory into pages-N.img, in the order the pagemap lists them.
 """
 
+import contextlib
 import logging
 import mmap
 import os
 import stat
 from dataclasses import dataclass
 
-from criupy import proc
+from criupy import elf, proc
 from criupy.dump.pagemap import PAGE_SIZE, PagemapReader
 from criupy.errors import CriupyError
 from criupy.images.pb import pagemap_pb2, vma_pb2
@@ -78,9 +79,13 @@ def _flags_and_madv(vm_flags):
 def check_mappings(pid):
     """Raise CriupyError naming the first mapping criupy cannot dump.
 
-    The task may still run: a mapping that went away meanwhile is no concern."""
+    The task may still run: a mapping that went away meanwhile is no concern. The mapped files'
+    build-ids are read here, out of the frozen time: the dump finds them kept (criupy.elf.build_id_words)."""
     for entry in proc.smaps(pid):
-        _classify(pid, entry)
+        if _classify(pid, entry) == "file":
+            link = f"/proc/{pid}/map_files/{entry.mapping.start:x}-{entry.mapping.end:x}"
+            with contextlib.suppress(OSError):
+                elf.build_id_words(link, os.stat(link))
 
 
 def _classify(pid, smaps_entry):
