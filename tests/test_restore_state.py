@@ -303,3 +303,26 @@ def test_posix_timers_and_itimers_go_on_with_their_ids_and_values(victim, proces
     assert real[-1] > real[at_restore - 2], "ITIMER_REAL stopped at restore"
     one_shot_left = [int(line.split()[5]) for line in lines[1:]]
     assert 990 < one_shot_left[-1] < 1000, "the one-shot timer lost its schedule"
+
+
+def test_a_periodic_timer_that_expired_while_frozen_is_armed_again(victim, processes, tmp_path):
+    """A periodic timer that fired while the task was frozen reads as 0 left until its signal is taken;
+    if the signal came after the pending signals were read, the images hold neither. Restored as
+    disarmed, ITIMER_REAL would never fire again (the kernel re-arms it when its signal is taken)."""
+    from criupy.images.imagesdir import encode_image
+
+    output = tmp_path / "timers.out"
+    started = _start(processes, [victim("timers", "-lrt")], output)
+    images = tmp_path / "images"
+    dump(started.pid, str(images))
+    started.wait()
+    core_path = images / f"core-{started.pid}.img"
+    (core,) = ImagesDir(str(images), "r").read(f"core-{started.pid}")
+    core.tc.timers.real.vsec = core.tc.timers.real.vusec = 0
+    core_path.write_bytes(encode_image(core_path.name, [core]))
+
+    processes.track(restore(str(images), detach=True))
+    at_restore = len(_lines(output))
+    wait_for(lambda: len(_lines(output)) >= at_restore + 2, "the restored timers to tick")
+    real = [int(line.split()[3]) for line in _lines(output)[1:]]
+    assert real[-1] > real[-2], "ITIMER_REAL was restored disarmed"

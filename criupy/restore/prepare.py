@@ -210,12 +210,8 @@ def _fill(region, task, plan, opened, leader, others, signals, timers, pages_fd,
     if core.tc.HasField("timers"):
         for slot, itimer in zip(a.itimers, (core.tc.timers.real, core.tc.timers.virt, core.tc.timers.prof)):
             slot.interval_sec, slot.interval_usec = itimer.isec, itimer.iusec
-            slot.value_sec, slot.value_usec = itimer.vsec, itimer.vusec
-    a.posix_timers = region.array(rst.PosixTimer, (
-        dict(id=t.it_id, clock_id=t.clock_id, signo=t.si_signo, notify=t.it_sigev_notify,
-             notify_tid=t.notify_thread_id, sival=t.sival_ptr, interval_sec=t.isec, interval_nsec=t.insec,
-             value_sec=t.vsec, value_nsec=t.vnsec)
-        for t in timers))
+            slot.value_sec, slot.value_usec = _armed(itimer.vsec, itimer.vusec, itimer.isec, itimer.iusec)
+    a.posix_timers = region.array(rst.PosixTimer, (_posix_timer(t) for t in timers))
     a.nr_posix_timers = len(timers)
     a.signals = region.array(rst.Signal, (
         dict(thread=thread_wide, siginfo=(ctypes.c_uint8 * rst.SIGINFO_SIZE).from_buffer_copy(siginfo))
@@ -242,3 +238,20 @@ def _fill_plugin(region, images_fd):
     a.hook_post_restore_vmas = region.hook("criupy_hook_post_restore_vmas")
     a.hook_pre_sigreturn = region.hook("criupy_hook_pre_sigreturn")
     a.images_dir_fd = images_fd
+
+
+def _posix_timer(t):
+    value_sec, value_nsec = _armed(t.vsec, t.vnsec, t.isec, t.insec)
+    return dict(id=t.it_id, clock_id=t.clock_id, signo=t.si_signo, notify=t.it_sigev_notify,
+                notify_tid=t.notify_thread_id, sival=t.sival_ptr, interval_sec=t.isec, interval_nsec=t.insec,
+                value_sec=value_sec, value_nsec=value_nsec)
+
+
+def _armed(value_sec, value_sub, interval_sec, interval_sub):
+    """The value to arm a periodic timer with. One that expired while the task was frozen reads as 0
+    left until its signal is taken, and the kernel re-arms it only then; that signal may have come
+    after the pending signals were read, so 0 would disarm it for good: start a new period instead,
+    as CRIU does."""
+    if (value_sec, value_sub) == (0, 0):
+        return interval_sec, interval_sub
+    return value_sec, value_sub
