@@ -1,7 +1,6 @@
 """criupy.dump: images of a single process that crit decodes and that hold what the process had."""
 
 import ctypes
-import json
 import os
 import re
 import stat
@@ -11,29 +10,16 @@ import time
 
 import pytest
 
+from waiting import crit_show, wait_for
+
 import criupy
 from criupy import proc
 from criupy.dump import pagemap
 from criupy.errors import CriupyError
 from criupy.images import ImagesDir
 
-CRIT = "/usr/bin/crit"
 PAGE_SIZE = 4096
 QUIET = dict(stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_for(condition, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
-
-
-def crit_show(path):
-    result = subprocess.run([CRIT, "show", str(path)], capture_output=True, text=True)
-    assert result.returncode == 0, f"crit cannot decode {path}: {result.stderr}"
-    return json.loads(result.stdout)
 
 
 def decode_all(images_dir):

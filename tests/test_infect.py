@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+import waiting
+
 from criupy import proc
 from criupy.errors import CriupyError
 from criupy.infect import ParasiteFault, seize
@@ -36,12 +38,8 @@ def lines_of(path):
     return text.split("\n")[:-1]  # a last line without its newline is still being written
 
 
-def wait_for(condition, what, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
+def wait_for(condition, what):
+    waiting.wait_for(condition, what, timeout=20)
 
 
 def wait_for_lines(path, count):

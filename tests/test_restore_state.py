@@ -2,7 +2,6 @@
 the system call it was blocked in. Each test compares the restored process with what it was at the dump."""
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from waiting import wait_for
+from waiting import crit_show, wait_for
 
 from criupy import proc
 from criupy.dump import dump
@@ -22,12 +21,6 @@ from criupy.restore import restore
 
 QUIET = dict(stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-
-
-def crit_show(path):
-    result = subprocess.run(["/usr/bin/crit", "show", str(path)], capture_output=True, text=True)
-    assert result.returncode == 0, f"crit cannot decode {path}: {result.stderr}"
-    return json.loads(result.stdout)
 
 
 def _lines(path):

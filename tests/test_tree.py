@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+import waiting
+
 from criupy import proc
 from criupy.dump import dump
 from criupy.errors import CriupyError
@@ -21,12 +23,8 @@ QUIET = dict(stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 WALL = 0x40000000
 
 
-def wait_for(condition, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+def wait_for(condition, what):
+    waiting.wait_for(condition, what, timeout=60)  # a tree takes longer to start and to restore
 
 
 def tree_of(root):
