@@ -112,8 +112,10 @@ class FilesImage:
         """An entry of another kind: field is its file_entry field ("usk", "efd"...)."""
         self.entries.append(fdinfo_pb2.file_entry(type=fd_type, id=entry.id, **{field: entry}))
 
-    def path_file(self, what, link, st, open_flags, mnt_id=-1, deleted_source=None):
+    def path_file(self, what, link, st, open_flags, mnt_link, deleted_source=None):
         """The id of a file used without an fd (a mapping, exe, cwd, root): one entry per file.
+
+        mnt_link: a /proc magic link to the file, its mount id read through it for a new entry only.
 
         deleted_source: the file was deleted (link ends with " (deleted)"); its contents are saved as
         a ghost file (write_ghosts), read through this path."""
@@ -127,7 +129,7 @@ class FilesImage:
                 if not stat.S_ISREG(st.st_mode) or st.st_size > GHOST_LIMIT:
                     raise CriupyError(f"{what}: deleted file {path} ({st.st_size} bytes) is not a regular file of "
                                       f"at most {GHOST_LIMIT >> 20} MiB: not supported")
-            entry = _reg_entry(self.new_id(), open_flags, 0, path, st, mnt_id)
+            entry = _reg_entry(self.new_id(), open_flags, 0, path, st, _mnt_id_of(mnt_link))
             self._by_file[key] = entry
             self.add_reg(entry)
             if deleted_source is not None:
@@ -144,7 +146,7 @@ class FilesImage:
                 self.add(fdinfo_pb2.MEMFD, "memfd", entry)
             return entry.id
         deleted_source = map_files_link if path.endswith(" (deleted)") else None
-        return self.path_file(what, path, st, open_flags, _mnt_id_of(map_files_link), deleted_source)
+        return self.path_file(what, path, st, open_flags, map_files_link, deleted_source)
 
     def write_ghosts(self, images):
         """ghost-file-N.img (entry, then the file's contents) for each deleted file, and remap-fpath.img
@@ -173,7 +175,7 @@ class FilesImage:
             path, st = os.readlink(link), os.stat(link)
         except FileNotFoundError:
             raise CriupyError(f"{what} of PID {pid} is gone (deleted?): not supported yet") from None
-        return self.path_file(f"{what} of PID {pid}", path, st, open_flags, _mnt_id_of(link))
+        return self.path_file(f"{what} of PID {pid}", path, st, open_flags, link)
 
 
 def _mnt_id_of(link):

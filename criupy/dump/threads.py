@@ -45,6 +45,8 @@ def _checked(result, tid, what):
 
 def ask_threads(leader, tasks):
     """{tid: ThreadSelf} for each seized Task in tasks, the parasite not loaded yet."""
+    if not tasks:
+        return {}  # a scratch page costs two system calls, each a round trip into the stopped task
     scratch = _checked(leader.syscall(SYS_mmap, 0, SCRATCH_SIZE, mmap.PROT_READ | mmap.PROT_WRITE,
                                       mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0),
                        leader.pid, "mapping a scratch page")
