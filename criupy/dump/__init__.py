@@ -202,9 +202,11 @@ def _dump_seized(frozen, images, stats, terminals, shell_job):
     from criupy.dump import files, memory, shmem, sysvshm, tree
     from criupy.dump.fds import tty
 
-    # seized now: check again what was checked while the tree ran
-    tty.check(frozen.members[0].pid, {m.pid: (files.inspect_fds(m.pid, frozen.pids()), proc.stat(m.pid))
-                                      for m in frozen.members if not m.zombie}, shell_job)
+    # seized now: check again what was checked while the tree ran; each process's fds and stat as
+    # read here are the ones it is dumped with (nothing of criupy's is in any process yet)
+    processes = {m.pid: (files.inspect_fds(m.pid, frozen.pids()), proc.stat(m.pid))
+                 for m in frozen.members if not m.zombie}
+    tty.check(frozen.members[0].pid, processes, shell_job)
     shared_memory = shmem.SharedMemory()
     sysv_segments = sysvshm.SysvSegments()
     files_image = files.FilesImage(shared_memory)
@@ -214,14 +216,15 @@ def _dump_seized(frozen, images, stats, terminals, shell_job):
     sk_queues = []
     fifo_data = []
     for pages_id, member in enumerate(frozen.members, 1):
-        stat = proc.stat(member.pid)
         if member.zombie:
+            stat = proc.stat(member.pid)
             pstree.append(tree.pstree_entry(stat, [member.pid], is_root=member.parent == 0))
             images.write(f"core-{member.pid}", [tree.zombie_core_entry(stat)])
             continue
+        open_fds, stat = processes[member.pid]
         pstree.append(tree.pstree_entry(stat, member.group.tids, is_root=member.parent == 0))
-        dumped_fds = _dump_process(member.pid, member.group, stat, pages_id, images, stats, files_image,
-                                   shared_memory, sysv_segments, ids, frozen.pids(), terminals)
+        dumped_fds = _dump_process(member.pid, member.group, open_fds, stat, pages_id, images, stats, files_image,
+                                   shared_memory, sysv_segments, ids, terminals)
         pipe_data += dumped_fds.pipe_data
         sk_queues += dumped_fds.sk_queues
         fifo_data += dumped_fds.fifo_data
@@ -249,9 +252,10 @@ def _dump_seized(frozen, images, stats, terminals, shell_job):
         images.write("tty-data", terminals.data)
 
 
-def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared_memory, sysv_segments, ids,
-                  tree_pids, terminals):
+def _dump_process(pid, group, open_fds, stat, pages_id, images, stats, files_image, shared_memory, sysv_segments, ids,
+                  terminals):
     """The images of one seized process (core per thread, ids, mm, pagemap + pages-<pages_id>, fdinfo, fs).
+    open_fds and stat: its fds (files.inspect_fds) and /proc/PID/stat, read once it was seized.
 
     Returns its DumpedFds: the pipe data and socket queues first read here go in the tree's images."""
     from criupy.dump import core, files, memory, threads, tree
@@ -260,7 +264,6 @@ def _dump_process(pid, group, stat, pages_id, images, stats, files_image, shared
     # Everything read from outside first, while nothing of criupy's is in the task yet: the parasite's
     # memfd, and the code page the injector borrows, would otherwise show in the mappings and pagemap.
     status = tree.check_task(pid)  # again: it may have changed before it was stopped
-    open_fds = files.inspect_fds(pid, tree_pids)
     vmas = memory.collect_vmas(pid, files_image)
     shared_memory.add_vmas(pid, vmas)
     sysv_segments.add_vmas(pid, vmas)
