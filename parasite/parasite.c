@@ -158,6 +158,7 @@ static long get_misc(struct parasite_args *args)
 	out->altstack_sp = altstack.sp;
 	out->altstack_flags = altstack.flags;
 	out->altstack_size = altstack.size;
+	out->brk = sys_call1(__NR_brk, 0);
 	return 0;
 }
 

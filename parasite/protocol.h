@@ -76,6 +76,7 @@ struct parasite_misc {
 	uint32_t pad;
 	uint64_t altstack_size;
 	uint64_t clear_child_tid;
+	uint64_t brk;			/* brk(0): the heap's current end */
 };
 
 struct parasite_itimer {	/* struct itimerval */

@@ -196,6 +196,7 @@ def test_parasite_reports_the_task_and_cure_leaves_it_intact(processes, victim, 
         assert misc.altstack.size == 64 * 1024 and not misc.altstack.flags & SS_DISABLE
         assert misc.dumpable == 1 and misc.no_new_privs == int(status["NoNewPrivs"])
         assert misc.clear_child_tid != 0  # glibc sets it for the main thread
+        assert misc.brk == proc.stat(p.pid).start_brk + 100
 
         timers = parasite.itimers()
         assert timers.real.interval_sec == 1000 and 0 < timers.real.value_sec <= 1000

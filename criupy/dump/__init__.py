@@ -32,9 +32,6 @@ from criupy.log import log_to
 
 log = logging.getLogger("criupy.dump")
 
-SYS_brk = 12
-
-
 @dataclass
 class DumpStats:
     """What goes into stats-dump.img (times in microseconds, as CRIU counts them)."""
@@ -278,7 +275,6 @@ def _dump_process(pid, group, open_fds, stat, pages_id, images, stats, files_ima
     seized = core.read_seized(pid, victim)
     others_seized = threads.read_seized(others)
     others_told = threads.ask_threads(victim, others)
-    brk = victim.syscall(SYS_brk, 0)
     parasite = victim.infect()
     misc = parasite.misc()
     core_entry = core.core_entry(pid, victim, seized, parasite, misc, stat, status)
@@ -290,7 +286,7 @@ def _dump_process(pid, group, open_fds, stat, pages_id, images, stats, files_ima
     task_ids = ids.task_ids(pid)
     mm = mm_pb2.mm_entry(
         mm_start_code=stat.start_code, mm_end_code=stat.end_code, mm_start_data=stat.start_data,
-        mm_end_data=stat.end_data, mm_start_stack=stat.start_stack, mm_start_brk=stat.start_brk, mm_brk=brk,
+        mm_end_data=stat.end_data, mm_start_stack=stat.start_stack, mm_start_brk=stat.start_brk, mm_brk=misc.brk,
         mm_arg_start=stat.arg_start, mm_arg_end=stat.arg_end, mm_env_start=stat.env_start,
         mm_env_end=stat.env_end, exe_file_id=files_image.task_file(pid, "exe", "the executable", os.O_RDONLY),
         mm_saved_auxv=proc.auxv(pid), vmas=[v.entry for v in vmas], dumpable=misc.dumpable,

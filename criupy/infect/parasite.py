@@ -46,7 +46,7 @@ DATA_SIZE = 256 * 1024
 MAX_FDS = 200
 SIGFRAME_SIZE = 64 * 1024
 SIGACTION = struct.Struct("<QQQQ")
-MISC = struct.Struct("<IiiiiIQiIQQ")
+MISC = struct.Struct("<IiiiiIQiIQQQ")
 ITIMER = struct.Struct("<qqqq")
 POSIX_TIMER = struct.Struct("<qqqqq")
 RANGE = struct.Struct("<QQ")
@@ -92,6 +92,7 @@ class TaskMisc:
     personality: int
     altstack: AltStack
     clear_child_tid: int
+    brk: int  # the heap's current end (mm's brk), as brk(0) returns it
 
 
 @dataclass(frozen=True)
@@ -306,12 +307,12 @@ class Parasite:
 
     def misc(self):
         """umask, parent-death signal, dumpable, securebits, no_new_privs, personality, sigaltstack,
-        clear_child_tid."""
+        clear_child_tid, brk."""
         self._call(CMD_MISC)
         (umask, pdeath, dumpable, securebits, nnp, personality,
-         ss_sp, ss_flags, _, ss_size, clear_child_tid) = MISC.unpack(self._data(MISC.size))
+         ss_sp, ss_flags, _, ss_size, clear_child_tid, brk) = MISC.unpack(self._data(MISC.size))
         return TaskMisc(umask, pdeath, dumpable, securebits, nnp, personality,
-                        AltStack(ss_sp, ss_flags, ss_size), clear_child_tid)
+                        AltStack(ss_sp, ss_flags, ss_size), clear_child_tid, brk)
 
     def itimers(self):
         """The three interval timers (getitimer ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF)."""

@@ -1,6 +1,7 @@
 /* A victim with state for the parasite to report, then counter's loop: a line every 20 ms.
  *   infect_target            umask 027, SIGUSR1 handled (SA_RESTART, mask {SIGUSR2}), SIGUSR2 ignored,
- *                            an alternate signal stack, ITIMER_REAL every 1000 s, a POSIX timer
+ *                            an alternate signal stack, ITIMER_REAL every 1000 s, a POSIX timer,
+ *                            its brk moved 100 bytes past its start
  *   infect_target echo       instead of counting: copy stdin to stdout line by line (sits in read())
  */
 #include <signal.h>
@@ -47,6 +48,8 @@ int main(int argc, char **argv)
 	sigaltstack(&ss, NULL);
 	setitimer(ITIMER_REAL, &itv, NULL);
 	if (timer_create(CLOCK_MONOTONIC, &sev, &timer) || timer_settime(timer, 0, &its, NULL))
+		return 1;
+	if (sbrk(100) == (void *)-1)
 		return 1;
 
 	for (unsigned long n = 0;; n++) {
