@@ -20,11 +20,6 @@ import struct
 import time
 from dataclasses import dataclass
 
-import capstone
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-
 from criupy import proc
 from criupy.errors import CriupyError
 from criupy.infect import trace
@@ -83,6 +78,8 @@ def _library_mappings(pid, library, spec):
 
 def _symbol(elf, name):
     """The defined function symbol name, from .dynsym first, then .symtab; None if neither has it."""
+    from elftools.elf.sections import SymbolTableSection  # imported here: see find_function
+
     for table in (elf.get_section_by_name(".dynsym"), elf.get_section_by_name(".symtab")):
         if not isinstance(table, SymbolTableSection):
             continue
@@ -101,6 +98,12 @@ def _segment_of(elf, vaddr):
 
 def find_function(pid, spec):
     """Where LIB:SYMBOL is in PID; CriupyError naming what is missing. Reads only /proc and the file."""
+    # Imported here, not with the module: only --call-hook reads symbol tables and decodes code, and every
+    # dump and restore loads this module (~100 ms of start-up otherwise).
+    import capstone
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     library, name = parse_spec(spec)
     path, mappings = _library_mappings(pid, library, spec)
     first = next((m for m in mappings if m.offset == 0), None)
