@@ -47,7 +47,7 @@ class Run:
 
     dump_wall: float = None
     restore_wall: float = None
-    frozen: float = None     # from stats-dump.img
+    frozen: float = None     # from stats-dump
     memdump: float = None
     memwrite: float = None
     dump_maxrss_kib: int = None

@@ -128,6 +128,7 @@ def test_counter_goes_on_without_gap_or_repeat_and_crit_decodes_every_image(proc
     assert numbers == list(range(len(numbers)))
     decoded = decode_all(tmp_path / "images")
     pid = counter.pid
+    assert (tmp_path / "images" / "stats-dump").is_file()  # CRIU's name: no ".img"
     assert set(decoded) == {"inventory", "pstree", f"core-{pid}", f"ids-{pid}", f"mm-{pid}", f"pagemap-{pid}",
                             "files", f"fdinfo-{decoded[f'ids-{pid}']['entries'][0]['files_id']}", f"fs-{pid}",
                             "stats-dump"}

@@ -338,13 +338,15 @@ def _image_bytes(tmp_path, name):
 def _read_damaged(tmp_path, name, data):
     directory = tmp_path / "damaged"
     directory.mkdir(exist_ok=True)
-    (directory / f"{name}.img").write_bytes(data)
+    images = ImagesDir(str(directory), "r")
+    file_name = os.path.basename(images.path(name))  # "core-42.img", CRIU's "stats-dump"
+    (directory / file_name).write_bytes(data)
     before = sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir())
     with pytest.raises(CriupyError) as error:
-        ImagesDir(str(directory), "r").read_with_payloads(name)
+        images.read_with_payloads(name)
     assert sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir()) == before
     message = str(error.value)
-    assert f"{name}.img" in message and "\n" not in message
+    assert file_name in message and "\n" not in message
     return message
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger("criupy.dump")
 
 @dataclass
 class DumpStats:
-    """What goes into stats-dump.img (times in microseconds, as CRIU counts them)."""
+    """What goes into stats-dump (times in microseconds, as CRIU counts them)."""
 
     freezing_time: int = 0
     frozen_time: int = 0

@@ -29,8 +29,12 @@ class ImageMissing(CriupyError, FileNotFoundError):
     """An image that is not in the directory (a FileNotFoundError too, for callers with optional images)."""
 
 
+# CRIU names its stats files without ".img" (stats-dump, stats-restore): so do we, for its tools.
+_BARE_PREFIX = "stats-"
+
+
 def _file_name(name):
-    return name if name.endswith(".img") else name + ".img"
+    return name if name.endswith(".img") or name.startswith(_BARE_PREFIX) else name + ".img"
 
 
 def _create(path):
@@ -166,13 +170,13 @@ class ImagesDir:
             raise CriupyError(f"images directory {path} is not a directory")
         existing = self.names()
         if existing and not overwrite:
-            raise CriupyError(f"{path} already holds images ({existing[0]}.img ...); "
+            raise CriupyError(f"{path} already holds images ({_file_name(existing[0])} ...); "
                               f"choose an empty directory or overwrite")
         for name in existing:
             os.unlink(self.path(name))
 
     def path(self, name):
-        """The file path of image name ("core-42" -> DIR/core-42.img)."""
+        """The file path of image name ("core-42" -> DIR/core-42.img, "stats-dump" -> DIR/stats-dump)."""
         return os.path.join(self.dir, _file_name(name))
 
     def exists(self, name):
@@ -180,7 +184,8 @@ class ImagesDir:
 
     def names(self):
         """The images in the directory, sorted, without ".img"."""
-        paths = glob.glob(os.path.join(glob.escape(self.dir), "*.img"))
+        directory = glob.escape(self.dir)
+        paths = glob.glob(os.path.join(directory, "*.img")) + glob.glob(os.path.join(directory, _BARE_PREFIX + "*"))
         return sorted(os.path.basename(p).removesuffix(".img") for p in paths)
 
     def _require_mode(self, mode, what):
