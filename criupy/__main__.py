@@ -1,3 +1,3 @@
-from criupy.cli import main
+from criupy.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

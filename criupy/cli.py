@@ -7,6 +7,7 @@ them, so that a command starts fast.
 
 import argparse
 import logging
+import os
 import sys
 
 from criupy.errors import CriupyError
@@ -124,3 +125,16 @@ def main(argv=None):
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+
+
+def run():
+    """The `criupy` command: main(), then an exit without the interpreter's teardown of every module it
+    loaded (tens of milliseconds at the end of each command). Nothing of criupy's is left to clean up once
+    main() returns: the log file is closed, and the output is flushed here."""
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        return status  # the interpreter's exit reports it, as it would have
+    os._exit(status)

@@ -78,6 +78,18 @@ def test_detached_restore_returns_while_the_process_runs_and_writes_the_pidfile(
     assert numbers == list(range(len(numbers)))
 
 
+def test_show_prints_all_of_an_image_into_a_pipe(victim, processes, tmp_path):
+    """The command leaves without the interpreter's teardown: what it printed must still all be there."""
+    from criupy.images.show import show
+
+    _dump_with_cli(processes, [victim("counter")], tmp_path / "out", tmp_path / "images")
+    buffered = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    for name in ("pstree.img", "files.img"):
+        result = criupy("show", str(tmp_path / "images" / name), env=buffered)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == show(str(tmp_path / "images" / name)) + "\n"
+
+
 def test_demo_shows_the_counter_going_on():
     result = criupy("demo", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

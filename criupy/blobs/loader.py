@@ -9,9 +9,7 @@
     plugin = load_plugin(path)     # a PIE plugin file (criupy-blobgen --plugin), as a Blob
 """
 
-import base64
 import hashlib
-import json
 import struct
 from types import SimpleNamespace
 
@@ -65,6 +63,9 @@ class Blob:
 
 def plugin_module(path):
     """A plugin file read into the attributes of a blob module (NAME, CODE, ..., SECTIONS)."""
+    import base64  # imported here: only --pie-plugin reads a plugin file, and commands start faster without
+    import json
+
     try:
         with open(path) as f:
             data = json.load(f)
