@@ -142,7 +142,7 @@ struct rst_args {
 	__s32 pages_fd;     /* pages-N.img */
 	__s32 first_own_fd; /* fds >= this are the restorer's, all closed before the return */
 	__u32 log_level;
-	__u32 pad0;
+	__u32 pages_by_userfaultfd; /* 0: every page read with preadv, as without userfaultfd */
 
 	__u64 vmas;      /* struct rst_vma[nr_vmas], in address order */
 	__u32 nr_vmas, pad1;

@@ -1,6 +1,7 @@
 """criupy.restore: the restorer blob on a task of our own making, and dump + restore of real victims."""
 
 import ctypes
+import logging
 import os
 import signal
 import struct
@@ -221,6 +222,23 @@ def test_counter_goes_on_after_restore(program, victim, processes, tmp_path):
     _check_counts_on(output)
     assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"]
     assert _tree_bytes(images) == before
+
+
+@pytest.mark.parametrize("by_userfaultfd", [True, False])
+def test_pages_come_back_by_userfaultfd_and_by_preadv(by_userfaultfd, processes, tmp_path, monkeypatch, caplog):
+    """Both ways the restorer fills pages: UFFDIO_COPY (private anonymous memory), preadv (the rest,
+    and everything where userfaultfd is not to be had): CPython counts on with no gap."""
+    from criupy.restore import prepare
+
+    monkeypatch.setattr(prepare, "PAGES_BY_USERFAULTFD", by_userfaultfd)
+    pid, output, images, _ = _dumped_counter(None, processes, tmp_path, [sys.executable, "-c", PYTHON_COUNTER])
+    with caplog.at_level(logging.DEBUG, logger="criupy"):
+        processes.track(restore(str(images), detach=True, verbose=True))
+    way = "copied with UFFDIO_COPY" if by_userfaultfd else "read with preadv"
+    assert any(way in record.getMessage() for record in caplog.records)
+    count = len(output.read_text().splitlines())
+    _wait_for_lines(output, count + 10)
+    _check_counts_on(output)
 
 
 def test_sleep_carries_on(processes, tmp_path):

@@ -117,7 +117,7 @@ class Args(Struct):
     _fields_ = [
         ("region_start", u64), ("region_size", u64), ("stack_top", u64), ("task_size", u64),
         ("log_fd", s32), ("sync_fd", s32), ("pages_fd", s32), ("first_own_fd", s32),
-        ("log_level", u32), ("pad0", u32),
+        ("log_level", u32), ("pages_by_userfaultfd", u32),
         ("vmas", u64), ("nr_vmas", u32), ("pad1", u32),
         ("iovs", u64), ("nr_iovs", u32), ("pad2", u32),
         ("specials", u64), ("nr_specials", u32), ("pad3", u32),

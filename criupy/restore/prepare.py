@@ -12,6 +12,9 @@ from criupy.restore.region import SIGFRAME_SIZE, THREAD_STACK_SIZE, Region, data
 PIE_LOG_INFO = 3
 PIE_LOG_DEBUG = 4
 NO_ACTION_SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
+# False: the restorer reads every page with preadv, as it does where userfaultfd is not to be had
+# (tests cover that path with it)
+PAGES_BY_USERFAULTFD = True
 
 
 def _cap_last_cap():
@@ -163,6 +166,7 @@ def _fill(region, task, plan, opened, leader, others, signals, timers, pages_fd,
     a.task_size = TASK_SIZE
     a.log_fd, a.sync_fd, a.pages_fd, a.first_own_fd = log_fd, go_fd, pages_fd, first_own_fd
     a.log_level = PIE_LOG_DEBUG if verbose else PIE_LOG_INFO
+    a.pages_by_userfaultfd = int(PAGES_BY_USERFAULTFD)
 
     a.vmas = region.array(rst.Vma, (
         dict(start=m.start, end=m.end, pgoff=m.pgoff, prot=m.prot, flags=m.flags,
