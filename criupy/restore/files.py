@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from criupy import elf
 from criupy.errors import CriupyError
-from criupy.restore.fds import anon, eventpoll, fifo, memfd, tty, unix
+from criupy.restore.fds import anon, eventpoll, fifo, memfd, tty
 from criupy.images.pb import fdinfo_pb2
 from criupy.restore.memory import VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
@@ -242,6 +242,7 @@ def _open_socket_pairs(task, opened):
         peer = by_ino.get(sock.peer)
         if peer is None or peer.peer != sock.ino:
             raise CriupyError(f"image files.img is corrupt: unix socket {sock.ino} has no peer {sock.peer} in it")
+        from criupy.restore.fds import unix  # here: it loads the socket module, which a task without sockets skips
         fds[sock.id], fds[peer.id] = unix.open_pair(sock, peer, task.sk_queues, opened.hold)
     return fds
 
