@@ -130,8 +130,11 @@ def main(argv=None):
 def run():
     """The `criupy` command: main(), then an exit without the interpreter's teardown of every module it
     loaded (tens of milliseconds at the end of each command). Nothing of criupy's is left to clean up once
-    main() returns: the log file is closed, and the output is flushed here."""
+    main() returns: the log file is closed, and the output is flushed here. Under a profiler or a tracer
+    (cProfile, coverage) the interpreter exits as usual, so that they can write what they gathered."""
     status = main()
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return status
     try:
         sys.stdout.flush()
         sys.stderr.flush()

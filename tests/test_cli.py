@@ -90,6 +90,15 @@ def test_show_prints_all_of_an_image_into_a_pipe(victim, processes, tmp_path):
         assert result.stdout == show(str(tmp_path / "images" / name)) + "\n"
 
 
+def test_a_profiler_run_of_a_command_writes_its_profile(tmp_path):
+    """The exit without teardown is skipped under a profiler (or a tracer such as coverage)."""
+    profile = tmp_path / "criupy.prof"
+    result = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "criupy", "show",
+                             str(tmp_path / "core-1.img")], capture_output=True, text=True)
+    assert "core-1.img" in result.stderr
+    assert profile.stat().st_size > 0
+
+
 def test_demo_shows_the_counter_going_on():
     result = criupy("demo", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
