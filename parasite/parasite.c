@@ -14,7 +14,7 @@
 #include "pie/string.h"
 #include "protocol.h"
 
-/* The argument area criupy fills in: shared memory, criupy maps the same memfd. */
+/* The argument area criupy fills in: shared memory, criupy maps the same pages. */
 struct parasite_args __export_parasite_args;
 
 /* Room for criupy's self-cure rt_sigframe and its XSAVE area (64-byte aligned, as the kernel wants). */

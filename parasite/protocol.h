@@ -2,7 +2,7 @@
  * What criupy and the parasite share: the argument area's layout, the commands, the messages.
  * criupy/infect/parasite.py mirrors every number and layout here; change both together.
  *
- * criupy writes the argument area (through its own mapping of the parasite's memfd) before the start
+ * criupy writes the argument area (through its own mapping of the parasite's memory) before the start
  * and before each command; a command's input and output are in args->data.  The socket carries only
  * a small message per command and reply, plus file descriptors (SCM_RIGHTS).
  */

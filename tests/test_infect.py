@@ -92,6 +92,36 @@ def test_seize_and_cure_leave_the_counter_untouched(processes, victim, tmp_path)
     assert_goes_on_intact(p, out)
 
 
+@pytest.mark.parametrize("way", ["proc-mem", "ptrace-words"])
+def test_tracee_memory_is_written_and_read_back_even_in_read_only_code(processes, victim, tmp_path, monkeypatch, way):
+    from criupy.infect import trace
+
+    if way == "ptrace-words":  # as where /proc/PID/mem cannot be used
+        monkeypatch.setattr(trace, "PROC_MEM", str(tmp_path / "no-such-file-{pid}"))
+    else:
+        def no_words(*args):
+            raise AssertionError("/proc/PID/mem was not used")
+
+        monkeypatch.setattr(trace, "_peek", no_words)
+        monkeypatch.setattr(trace, "_poke", no_words)
+    binary = victim("counter")
+    p, out = start_counting(processes, binary, tmp_path)
+    code = next(m for m in proc.maps(p.pid) if m.path == binary and m.perms == "r-xp")
+    address = code.start + 13  # across a word boundary, neither end aligned
+    task = seize(p.pid)
+    try:
+        original = trace.read_memory(p.pid, address, 7)
+        assert original == process_vm_readv(p.pid, address, 7)
+        trace.write_memory(p.pid, address, b"\xcc" * 7)
+        assert trace.read_memory(p.pid, address, 9) == b"\xcc" * 7 + process_vm_readv(p.pid, address + 7, 2)
+        assert process_vm_readv(p.pid, address - 1, 9)[1:8] == b"\xcc" * 7
+        trace.write_memory(p.pid, address, original)
+        assert process_vm_readv(p.pid, address, 7) == original
+    finally:
+        task.cure()
+    assert_goes_on_intact(p, out)
+
+
 def test_trampoline_is_what_keystone_assembles():
     import keystone
 
@@ -181,7 +211,8 @@ def test_parasite_reports_the_task_and_cure_leaves_it_intact(processes, victim, 
     try:
         parasite = task.infect(timeout=10)
         start, end = parasite.area
-        assert [(m.start, m.end) for m in proc.maps(p.pid) if m.path.startswith("/memfd:criupy-parasite")] == [(start, end)]
+        assert [(m.end, m.perms, m.path) for m in proc.maps(p.pid) if m.start == start] == [
+            (end, "rwxs", "/dev/zero (deleted)")]
 
         actions = parasite.sigactions()
         assert [a.signo for a in actions] == list(range(1, 65))
@@ -222,7 +253,7 @@ def test_parasite_reports_the_task_and_cure_leaves_it_intact(processes, victim, 
     finally:
         task.cure()
     assert_released(p.pid)
-    assert not any(m.path.startswith("/memfd:criupy-parasite") for m in proc.maps(p.pid))
+    assert not any(m.start == start for m in proc.maps(p.pid))
     assert_goes_on_intact(p, out)
 
 
@@ -247,6 +278,7 @@ COMMANDS = ["init", "sigactions", "misc", "itimers", "posix_timers", "dump_pages
 @pytest.mark.parametrize("command", COMMANDS)
 def test_parasite_fault_leaves_the_target_running(processes, victim, tmp_path, monkeypatch, command, kind):
     p, out = start_counting(processes, victim("infect_target"), tmp_path)
+    maps = proc.maps(p.pid)
     monkeypatch.setenv("CRIUPY_TEST_PARASITE_FAULT", f"{command}:{kind}")
     task = seize(p.pid)
     # fini's fault happens inside cure, which falls back to interrupting the parasite: no error
@@ -259,7 +291,7 @@ def test_parasite_fault_leaves_the_target_running(processes, victim, tmp_path, m
     if command != "fini" and kind == "crash":
         assert error.type is ParasiteFault
     assert_released(p.pid)
-    assert not any(m.path.startswith("/memfd:criupy-parasite") for m in proc.maps(p.pid))
+    assert proc.maps(p.pid) == maps  # the parasite's mapping is gone
     assert_goes_on_intact(p, out)
 
 
@@ -290,6 +322,7 @@ def test_injector_killed_mid_infection(processes, victim, tmp_path, sig, hang):
     itself (through the rt_sigframe criupy left it); its memory stays mapped, unused.
     """
     p, out = start_counting(processes, victim("infect_target"), tmp_path)
+    maps = proc.maps(p.pid)
     env = dict(os.environ)
     if hang:
         env["CRIUPY_TEST_PARASITE_FAULT"] = "misc:hang"
@@ -302,8 +335,8 @@ def test_injector_killed_mid_infection(processes, victim, tmp_path, sig, hang):
     assert injector.returncode != 0
     wait_for(lambda: proc.status(p.pid)["TracerPid"] == "0", "the detach")
     assert_released(p.pid)
-    left_behind = [m for m in proc.maps(p.pid) if m.path.startswith("/memfd:criupy-parasite")]
-    assert len(left_behind) == (1 if sig == signal.SIGKILL else 0)
+    left_behind = [(m.perms, m.path) for m in proc.maps(p.pid) if m not in maps]
+    assert left_behind == ([("rwxs", "/dev/zero (deleted)")] if sig == signal.SIGKILL else [])
     assert_goes_on_intact(p, out)
 
 

@@ -259,7 +259,7 @@ def _dump_process(pid, group, open_fds, stat, pages_id, images, stats, files_ima
     from criupy.images.pb import fs_pb2, mm_pb2
 
     # Everything read from outside first, while nothing of criupy's is in the task yet: the parasite's
-    # memfd, and the code page the injector borrows, would otherwise show in the mappings and pagemap.
+    # mapping, and the code page the injector borrows, would otherwise show in the mappings and pagemap.
     status = tree.check_task(pid)  # again: it may have changed before it was stopped
     vmas = memory.collect_vmas(pid, files_image)
     shared_memory.add_vmas(pid, vmas)

@@ -1,7 +1,8 @@
 """The parasite, seen from criupy: load it into a seized task, send it commands, take it out again.
 
-Loading (as compel does): a memfd made in the task, mapped both in the task (rwx) and here (rw), the
-blob copied in with its relocations applied; the task starts at the blob's head with every signal
+Loading (as compel does when it has no memfd): shared anonymous memory mapped in the task (rwx), one
+system call into the stopped task, and here (rw) through /proc/PID/map_files; the blob copied in with
+its relocations applied; the task starts at the blob's head with every signal
 blocked, and connects to a unix socket criupy listens on. Each command is one message each way on
 that socket; its input and output are in the shared argument area (see parasite/protocol.h, whose
 numbers and layouts this module mirrors). File descriptors travel with SCM_RIGHTS.
@@ -26,10 +27,7 @@ from criupy.infect import task as task_module
 from criupy.infect import trace
 from criupy.xsave import SW_RESERVED_OFFSET
 
-SYS_memfd_create = 319
-MFD_CLOEXEC = 1
 PROT_RWX = 7
-MAP_SHARED = 1
 
 # parasite/protocol.h
 CMD_INIT, CMD_FINI, CMD_SIGACTIONS, CMD_MISC, CMD_ITIMERS, CMD_POSIX_TIMERS, CMD_DUMP_PAGES, CMD_STEAL_FDS = range(8)
@@ -141,7 +139,6 @@ class Parasite:
         self.size = self.blob.size
         self.base = None          # the parasite's address in the task, once mapped
         self.running = False      # the task executes the parasite (not stopped by us)
-        self._remote_memfd = None
         self._remote_sock = None  # the parasite's socket fd in the task, until it closes it
         self._mem = None
         self._listener = None
@@ -163,22 +160,16 @@ class Parasite:
         self._listener.bind(address)
         self._listener.listen(1)
 
-        fd = task.syscall(SYS_memfd_create, task.data_address(), MFD_CLOEXEC, data=b"criupy-parasite\0")
-        if fd < 0:
-            raise CriupyError(f"memfd_create in PID {task.pid} failed: {os.strerror(-fd)}")
-        self._remote_memfd = fd
-        local = os.open(f"/proc/{task.pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            os.ftruncate(local, self.size)
-            self._mem = mmap.mmap(local, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(local)
-        base = task.syscall(task_module.SYS_mmap, 0, self.size, PROT_RWX, MAP_SHARED, fd, 0)
+        base = task.syscall(task_module.SYS_mmap, 0, self.size, PROT_RWX, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, -1, 0)
         if -4096 < base < 0:
             raise CriupyError(f"mmap of the parasite in PID {task.pid} failed: {os.strerror(-base)}")
         self.base = base
-        task.syscall(task_module.SYS_close, fd)
-        self._remote_memfd = None
+        # the mapping's shmem file: criupy's view of the same memory
+        local = os.open(f"/proc/{task.pid}/map_files/{base:x}-{base + self.size:x}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._mem = mmap.mmap(local, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(local)
 
         image = self.blob.image(base)
         self._mem[: len(image)] = image
@@ -389,10 +380,9 @@ class Parasite:
         """Close what the parasite left open in the task and unmap it. The task is stopped."""
         self.running = False
         task = self.task
-        for fd in (self._remote_sock, self._remote_memfd):
-            if fd is not None:
-                task.syscall(task_module.SYS_close, fd)
-        self._remote_sock = self._remote_memfd = None
+        if self._remote_sock is not None:
+            task.syscall(task_module.SYS_close, self._remote_sock)
+            self._remote_sock = None
         if self.base is not None:
             result = task.syscall(task_module.SYS_munmap, self.base, self.size)
             if result < 0:

@@ -45,8 +45,7 @@ PF_KTHREAD = 0x00200000
 
 TRAMPOLINE_ASM = "syscall; int3"
 TRAMPOLINE = b"\x0f\x05\xcc"  # TRAMPOLINE_ASM, as keystone assembles it (a test checks); no import at start-up
-TRAMPOLINE_AREA = 64  # bytes of the executable mapping we may borrow: trampoline + small arguments
-TRAMPOLINE_DATA_OFFSET = 8  # where small arguments (a memfd name) go, after the code
+TRAMPOLINE_AREA = 8  # bytes of the executable mapping we borrow: the trampoline, int3 after it
 
 
 class TaskGone(CriupyError):
@@ -290,16 +289,12 @@ class Task:
         regs.eflags &= ~(EFLAGS_TF | EFLAGS_DF)
         return regs
 
-    def syscall(self, nr, *args, data=b""):
-        """Run system call nr with up to 6 integer args in the task; returns rax (negative errno on error).
-
-        data (at most 56 bytes) is placed next to the trampoline; an arg may be the result of
-        data_address() to point at it.
-        """
+    def syscall(self, nr, *args):
+        """Run system call nr with up to 6 integer args in the task; returns rax (negative errno on error)."""
         if self.parasite is not None and self.parasite.running:
             raise CriupyError("cannot run a system call while the parasite runs")
-        if len(args) > 6 or len(data) > TRAMPOLINE_AREA - TRAMPOLINE_DATA_OFFSET:
-            raise ValueError("too many syscall arguments or too much data")
+        if len(args) > 6:
+            raise ValueError("too many syscall arguments")
         self._require_stop()
         ip = self._trampoline_address()
         self._block_signals()
@@ -307,7 +302,7 @@ class Task:
         regs.rax = nr
         for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
             setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
-        trace.write_memory(self.pid, ip, TRAMPOLINE.ljust(TRAMPOLINE_DATA_OFFSET, b"\xcc") + data)
+        trace.write_memory(self.pid, ip, TRAMPOLINE.ljust(TRAMPOLINE_AREA, b"\xcc"))
         try:
             trace.ptrace_setregs(self.pid, regs)
             self._resume()
@@ -317,9 +312,6 @@ class Task:
             if self._in_stop:
                 self._restore_trampoline()
         return _signed(result)
-
-    def data_address(self):
-        return self._trampoline_address() + TRAMPOLINE_DATA_OFFSET
 
     def _require_stop(self):
         if not self._attached:
