@@ -82,30 +82,31 @@ def check_mappings(pid):
     The task may still run: a mapping that went away meanwhile is no concern. The mapped files'
     build-ids are read here, out of the frozen time: the dump finds them kept (criupy.elf.build_id_words)."""
     for entry in proc.smaps(pid):
-        if _classify(pid, entry) == "file":
+        kind, st = _classify(pid, entry)
+        if kind == "file":
             link = f"/proc/{pid}/map_files/{entry.mapping.start:x}-{entry.mapping.end:x}"
             with contextlib.suppress(OSError):
-                elf.build_id_words(link, os.stat(link))
+                elf.build_id_words(link, st)
 
 
 def _classify(pid, smaps_entry):
-    """'skip', 'vdso', 'anon', 'shmem', 'sysv', 'memfd', 'file' (or 'gone') for one mapping; raises for what is not
-    supported."""
+    """(kind, stat) of one mapping: kind 'skip', 'vdso', 'anon', 'shmem', 'sysv', 'memfd', 'file' (or 'gone'),
+    stat the mapped file's for 'file' (else None); raises for what is not supported."""
     m = smaps_entry.mapping
     if m.path in SKIPPED_AREAS:
-        return "skip"
+        return "skip", None
     if m.path in VDSO_AREAS:
-        return "vdso"
+        return "vdso", None
     if m.shared and m.path == "/dev/zero (deleted)" and m.inode:
-        return "shmem"  # MAP_SHARED|MAP_ANONYMOUS: the kernel's shmem file, one inode per mmap call
+        return "shmem", None  # MAP_SHARED|MAP_ANONYMOUS: the kernel's shmem file, one inode per mmap call
     if m.path.startswith("/memfd:") and m.inode:
         if "ht" in smaps_entry.vm_flags:
             raise CriupyError(f"{describe(m)} maps a hugetlb memfd: not supported yet")
-        return "memfd"
+        return "memfd", None
     if m.shared and m.path.startswith("/SYSV") and m.path.endswith(" (deleted)"):
         if "ht" in smaps_entry.vm_flags:
             raise CriupyError(f"{describe(m)} is a hugetlb SysV segment: not supported yet")
-        return "sysv"  # a SysV attach: the inode is the segment's id
+        return "sysv", None  # a SysV attach: the inode is the segment's id
     if m.shared and (m.inode == 0 or m.path.startswith("/dev/zero")):
         raise CriupyError(f"{describe(m)} is shared memory of a kind not supported yet")
     if any(flag in smaps_entry.vm_flags for flag in VM_FLAGS_DEVICE):
@@ -113,13 +114,13 @@ def _classify(pid, smaps_entry):
     if "ss" in smaps_entry.vm_flags:
         raise CriupyError(f"{describe(m)} is a shadow stack: not supported yet")
     if m.inode == 0:
-        return "anon"
+        return "anon", None
     st = _mapped_file_stat(pid, m)
     if st is None:
-        return "gone"
+        return "gone", None
     if not stat.S_ISREG(st.st_mode):
         raise CriupyError(f"{describe(m)} maps a device or special file: not supported yet")
-    return "file"
+    return "file", st
 
 
 def _mapped_file_stat(pid, m):
@@ -137,7 +138,7 @@ def collect_vmas(pid, files):
     vmas = []
     for smaps_entry in proc.smaps(pid):
         m = smaps_entry.mapping
-        kind = _classify(pid, smaps_entry)
+        kind, st = _classify(pid, smaps_entry)
         if kind == "skip":
             continue
         if kind == "gone":  # the task is stopped: its mappings cannot change
@@ -171,9 +172,10 @@ def collect_vmas(pid, files):
             entry.status |= VMA_FILE_SHARED if m.shared else VMA_FILE_PRIVATE
             if kind == "memfd":
                 entry.status |= VMA_AREA_MEMFD  # shmid names a MEMFD entry of files.img (as CRIU)
+                st = _mapped_file_stat(pid, m)  # told by its name: not stat'ed by _classify
             entry.pgoff = m.offset
             entry.fdflags = open_flags
-            entry.shmid = files.mapped_file(describe(m), m.path, _mapped_file_stat(pid, m), open_flags,
+            entry.shmid = files.mapped_file(describe(m), m.path, st, open_flags,
                                             f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
         vmas.append(Vma(entry, private_pages=kind in ("anon", "file", "memfd") and not m.shared))
     return vmas
