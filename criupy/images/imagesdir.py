@@ -195,9 +195,13 @@ class ImagesDir:
     def write(self, name, entries, payloads=None):
         """Write image name with entries (messages of its kind); payloads: raw bytes after each entry."""
         self._require_mode("w", "write()")
-        data = encode_image(_file_name(name), list(entries), None if payloads is None else list(payloads))
-        with open(_create(self.path(name)), "wb") as f:
-            f.write(data)
+        data = memoryview(encode_image(_file_name(name), list(entries), None if payloads is None else list(payloads)))
+        fd = _create(self.path(name))
+        try:
+            while data:  # no buffered file object in between: one write(2) for most images
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
 
     def read_with_payloads(self, name):
         """[(message, bytes)] of image name: bytes is the raw data after the entry (b"" for most kinds)."""
