@@ -1,6 +1,7 @@
 /* Forks a short-lived child every millisecond (it lives 0-2 ms, then exits with status 3), reaps
  * every child that ended, and prints "N REAPED" after each fork: N counts forks, REAPED the children
- * reaped so far. A child that ended otherwise than with status 3 prints a line with "BAD". */
+ * reaped so far. A child that ended otherwise than with status 3 prints a line with "BAD".
+ * It ends by itself after two minutes: left behind by a killed test run, it would fork for ever. */
 #include <stdio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -16,8 +17,9 @@ int main(void)
 {
 	long reaped = 0;
 	char line[64];
+	time_t end = time(NULL) + 120;
 
-	for (long n = 0;; n++) {
+	for (long n = 0; time(NULL) <= end; n++) {
 		pid_t child = fork();
 		int status, len;
 
@@ -40,4 +42,5 @@ int main(void)
 			return 1;
 		pause_us(1000);
 	}
+	return 0;
 }
