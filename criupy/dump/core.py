@@ -53,16 +53,18 @@ def gpregs_entry(regs):
         **{name: getattr(regs, ptrace_name) & U64 for name, ptrace_name in REGS}, mode=core_x86_pb2.NATIVE)
 
 
+class PeekSiginfoArgs(ctypes.Structure):
+    """struct ptrace_peeksiginfo_args"""
+
+    _fields_ = [("off", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("nr", ctypes.c_int32)]
+
+
 def pending_signals(pid, shared):
     """The queued siginfos of the task (shared: the process-wide queue), without dequeuing them."""
-
-    class PeekArgs(ctypes.Structure):
-        _fields_ = [("off", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("nr", ctypes.c_int32)]
-
     buffer = ctypes.create_string_buffer(PEEK_BATCH * SIGINFO_SIZE)
     result = []
     while True:
-        args = PeekArgs(len(result), PTRACE_PEEKSIGINFO_SHARED if shared else 0, PEEK_BATCH)
+        args = PeekSiginfoArgs(len(result), PTRACE_PEEKSIGINFO_SHARED if shared else 0, PEEK_BATCH)
         count = trace.request(PTRACE_PEEKSIGINFO, pid, ctypes.addressof(args), ctypes.addressof(buffer))
         result += [buffer.raw[i * SIGINFO_SIZE:(i + 1) * SIGINFO_SIZE] for i in range(count)]
         if count < PEEK_BATCH:
