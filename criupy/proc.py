@@ -121,10 +121,13 @@ class SmapsEntry:
 def _parse_maps_line(line):
     # path may contain spaces, so split off the first five fields only
     fields = line.split(None, 5)
-    start, end = (int(x, 16) for x in fields[0].split("-"))
-    major, minor = (int(x, 16) for x in fields[3].split(":"))
-    return Mapping(start=start, end=end, perms=fields[1], offset=int(fields[2], 16), dev_major=major,
-                   dev_minor=minor, inode=int(fields[4]), path=fields[5] if len(fields) > 5 else "")
+    start, _, end = fields[0].partition("-")
+    major, _, minor = fields[3].partition(":")
+    return Mapping(int(start, 16), int(end, 16), fields[1], int(fields[2], 16), int(major, 16), int(minor, 16),
+                   int(fields[4]), fields[5] if len(fields) > 5 else "")
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")  # a maps line starts with one; smaps' "Key:" lines do not
 
 
 def smaps(pid="self"):
@@ -132,14 +135,13 @@ def smaps(pid="self"):
     result = []
     mapping = None
     for line in _read_text(pid, "smaps").splitlines():
-        key = line.split(None, 1)[0] if line else ""
-        if not key.endswith(":"):  # a mapping's header line, as in maps
+        if line.startswith("VmFlags:"):
+            result.append(SmapsEntry(mapping, tuple(line.split()[1:])))
+            mapping = None
+        elif line[:1] in _HEX_DIGITS:  # a mapping's header line, as in maps
             if mapping is not None:
                 result.append(SmapsEntry(mapping, ()))
             mapping = _parse_maps_line(line)
-        elif key == "VmFlags:":
-            result.append(SmapsEntry(mapping, tuple(line.split()[1:])))
-            mapping = None
     if mapping is not None:
         result.append(SmapsEntry(mapping, ()))
     return result

@@ -3,6 +3,7 @@
 import ctypes
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -111,6 +112,19 @@ def pages_at(images_dir, pid, address, size):
 
 
 # --- a dump that leaves the process running --------------------------------------------------
+
+
+def test_smaps_has_every_mapping_of_maps_with_its_vm_flags(processes, victim):
+    counter = processes.start([victim("counter"), "1000"], stdout=subprocess.DEVNULL, **QUIET)
+    os.kill(counter.pid, signal.SIGSTOP)  # its mappings stay as they are between the two reads
+    try:
+        entries = proc.smaps(counter.pid)
+        assert [e.mapping for e in entries] == proc.maps(counter.pid)
+        assert len(entries) > 5
+        for e in entries:
+            assert ("rd" in e.vm_flags, "ex" in e.vm_flags) == ("r" in e.mapping.perms, "x" in e.mapping.perms)
+    finally:
+        os.kill(counter.pid, signal.SIGCONT)
 
 
 def test_counter_goes_on_without_gap_or_repeat_and_crit_decodes_every_image(processes, victim, tmp_path):
