@@ -436,6 +436,25 @@ def test_an_image_is_never_written_twice(tmp_path):
         images.write("pstree", SAMPLES["pstree"]()[0])
 
 
+def test_reserved_images_are_filled_once_and_the_unwritten_ones_removed(tmp_path):
+    images = ImagesDir(str(tmp_path / "images"), "w")
+    images.reserve(["pstree", "pages-1", "inventory"])
+    assert images.names() == ["inventory", "pages-1", "pstree"]
+    images.write("pstree", SAMPLES["pstree"]()[0])
+    fd = images.open_raw("pages-1", write=True)
+    os.write(fd, b"\1" * 4096)
+    os.close(fd)
+    with pytest.raises(CriupyError, match="pstree.img already exists"):
+        images.write("pstree", SAMPLES["pstree"]()[0])
+    images.release_reserved()
+    assert images.names() == ["pages-1", "pstree"]  # inventory was not written: no empty file of it
+    for name in ("pstree.img", "pages-1.img"):
+        assert os.stat(tmp_path / "images" / name).st_mode & 0o7777 == 0o600
+    reader = ImagesDir(str(tmp_path / "images"), "r")
+    assert reader.read("pstree") == SAMPLES["pstree"]()[0]
+    assert os.path.getsize(reader.path("pages-1")) == 4096
+
+
 def test_unsafe_or_used_directories_are_refused(tmp_path):
     real = tmp_path / "real"
     real.mkdir()

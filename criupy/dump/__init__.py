@@ -72,6 +72,7 @@ def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, v
         try:
             frozen = _dump(pid, images, hooks, leave_running, shell_job)
         except BaseException:
+            images.release_reserved()
             for name in set(images.names()) - written_before:
                 with contextlib.suppress(OSError):
                     os.unlink(images.path(name))
@@ -119,6 +120,9 @@ def _dump(pid, images, hooks, leave_running, shell_job):
             processes[descendant] = (files.inspect_fds(descendant, tree_pids), proc.stat(descendant))
     tty.check(pid, processes, shell_job)
     _load_frozen_modules()
+    # the files of the images every dump writes, created now: a file's creation is no frozen time
+    images.reserve(["inventory", "pstree", "files", "stats-dump", "pages-1"]
+                   + [f"{kind}-{pid}" for kind in ("core", "ids", "mm", "pagemap", "fs")])
 
     stats = DumpStats()
     started = time.monotonic()
@@ -140,6 +144,7 @@ def _dump(pid, images, hooks, leave_running, shell_job):
             _dump_seized(frozen, images, stats, terminals, shell_job)
             stats.frozen_time = _microseconds(frozen_at)  # until the images are written: the end is quick
             _write_stats(images, stats)
+            images.release_reserved()
             _test_pause("written")
             if leave_running:
                 terminals.put_back()

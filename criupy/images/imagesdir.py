@@ -11,6 +11,7 @@ Layout of one image (criu/image.c, criu/protobuf.c):
 All integers are little-endian. pages-N.img is raw page data, reached through open_raw().
 """
 
+import contextlib
 import glob
 import os
 import struct
@@ -149,6 +150,7 @@ class ImagesDir:
         self.dir = path
         self.mode = mode
         self.created = False  # True when writing made the directory
+        self._reserved = {}  # name: fd of a file made by reserve(), not yet written
         if mode == "w":
             self._prepare_for_writing(overwrite)
         elif not os.path.isdir(path):
@@ -188,6 +190,26 @@ class ImagesDir:
         paths = glob.glob(os.path.join(directory, "*.img")) + glob.glob(os.path.join(directory, _BARE_PREFIX + "*"))
         return sorted(os.path.basename(p).removesuffix(".img") for p in paths)
 
+    def reserve(self, names):
+        """Create the files of images that will be written, now: write() and open_raw() then only fill them
+        (a dump creates them before it freezes the tree). release_reserved() removes those not written."""
+        self._require_mode("w", "reserve()")
+        for name in names:
+            if name not in self._reserved:
+                self._reserved[name] = _create(self.path(name))
+
+    def release_reserved(self):
+        """Close and remove the reserved files that were not written: no empty image is left behind."""
+        while self._reserved:
+            name, fd = self._reserved.popitem()
+            os.close(fd)
+            with contextlib.suppress(OSError):  # an unlink that fails leaves an empty file, as a failed dump can
+                os.unlink(self.path(name))
+
+    def _new_file(self, name):
+        fd = self._reserved.pop(name, None)
+        return _create(self.path(name)) if fd is None else fd
+
     def _require_mode(self, mode, what):
         if self.mode != mode:
             raise ValueError(f"{what} needs an ImagesDir opened with mode {mode!r}")
@@ -196,7 +218,7 @@ class ImagesDir:
         """Write image name with entries (messages of its kind); payloads: raw bytes after each entry."""
         self._require_mode("w", "write()")
         data = memoryview(encode_image(_file_name(name), list(entries), None if payloads is None else list(payloads)))
-        fd = _create(self.path(name))
+        fd = self._new_file(name)
         try:
             while data:  # no buffered file object in between: one write(2) for most images
                 data = data[os.write(fd, data):]
@@ -224,7 +246,7 @@ class ImagesDir:
         """An fd of a raw image (pages-N): a new 0600 file to write, or the existing one read-only."""
         if write:
             self._require_mode("w", "open_raw(write=True)")
-            return _create(self.path(name))
+            return self._new_file(name)
         try:
             return os.open(self.path(name), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
