@@ -122,6 +122,30 @@ def test_tracee_memory_is_written_and_read_back_even_in_read_only_code(processes
     assert_goes_on_intact(p, out)
 
 
+def test_system_calls_borrow_code_from_the_mappings_given(processes, victim, tmp_path, monkeypatch):
+    binary = victim("counter")
+    p, out = start_counting(processes, binary, tmp_path)
+    mappings = proc.maps(p.pid)
+    code = next(m for m in mappings if m.path == binary and "x" in m.perms)
+    task = seize(p.pid)
+    try:
+        with pytest.raises(CriupyError, match="no executable mapping"):
+            task.borrow_code_from([m for m in mappings if "x" not in m.perms])
+
+        def no_maps(pid="self"):
+            raise AssertionError("/proc/PID/maps was read again")
+
+        monkeypatch.setattr(proc, "maps", no_maps)
+        task.borrow_code_from(mappings)
+        original = process_vm_readv(p.pid, code.start, 8)
+        assert task.syscall(SYS_getpid) == p.pid
+        assert task.borrowed_code is not None and process_vm_readv(p.pid, code.start, 8) == original
+    finally:
+        monkeypatch.undo()
+        task.cure()
+    assert_goes_on_intact(p, out)
+
+
 def test_trampoline_is_what_keystone_assembles():
     import keystone
 

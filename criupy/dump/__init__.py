@@ -266,7 +266,9 @@ def _dump_process(pid, group, open_fds, stat, pages_id, images, stats, files_ima
     # Everything read from outside first, while nothing of criupy's is in the task yet: the parasite's
     # mapping, and the code page the injector borrows, would otherwise show in the mappings and pagemap.
     status = tree.check_task(pid)  # again: it may have changed before it was stopped
-    vmas = memory.collect_vmas(pid, files_image)
+    smaps_entries = proc.smaps(pid)
+    vmas = memory.collect_vmas(pid, smaps_entries, files_image)
+    group.leader.borrow_code_from([entry.mapping for entry in smaps_entries])  # no read of maps for it later
     shared_memory.add_vmas(pid, vmas)
     sysv_segments.add_vmas(pid, vmas)
     memdump_started = time.monotonic()

@@ -131,12 +131,13 @@ def _mapped_file_stat(pid, m):
         return None
 
 
-def collect_vmas(pid, files):
-    """The task's mappings as Vma, in address order; file mappings get their files.img entry from files.
+def collect_vmas(pid, smaps_entries, files):
+    """The task's mappings (smaps_entries: its proc.smaps()) as Vma, in address order; file mappings get their
+    files.img entry from files.
 
     Read before the parasite is loaded: its mapping is not the task's."""
     vmas = []
-    for smaps_entry in proc.smaps(pid):
+    for smaps_entry in smaps_entries:
         m = smaps_entry.mapping
         kind, st = _classify(pid, smaps_entry)
         if kind == "skip":

@@ -231,11 +231,16 @@ class Task:
 
     # remote system calls --------------------------------------------------------------------------
 
-    def _trampoline_address(self):
+    def borrow_code_from(self, mappings):
+        """Choose the code the trampoline borrows among mappings, the task's as the caller read them while
+        it is stopped (else the first system call reads /proc/PID/maps for it)."""
+        self._trampoline_address(mappings)
+
+    def _trampoline_address(self, mappings=None):
         """Where to write the trampoline: the start of the first plain executable mapping (as CRIU)."""
         if self._trampoline is not None:
             return self._trampoline[0]
-        for m in proc.maps(self.pid):
+        for m in proc.maps(self.pid) if mappings is None else mappings:
             if "x" in m.perms and not m.path.startswith("[") and m.size >= TRAMPOLINE_AREA:
                 address = m.start
                 break
