@@ -122,6 +122,8 @@ def _restore_synthetic(pid, output_fd, code, pages_path):
             os.close(fd)
     restoring = Restoring(child, log_read, go_write, trap, syscall, ctypes.addressof(a) + rst.Args.own_rseq.offset)
     try:
+        restoring.seize()
+        restoring.let_go()
         restoring.run_to_dumped_code()
         restoring.unmap_restorer_and_detach(start, size)
     except BaseException:

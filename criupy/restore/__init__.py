@@ -17,7 +17,7 @@ Steps, each in its module:
            file description however many tasks share it; a shell job's terminal is criupy's own
   prepare  each task's restorer mapping: blob + arguments, at an address free here and in its dump
   tree     clone3 with the dumped PIDs, parents, sessions and groups (tasks.py's clone_with_pid)
-  task     trace each task through its restorer, unmap it, detach
+  task     let every task's restorer go, then trace each through it to the dumped code, unmap it, detach
 A failure once tasks exist kills and reaps every one of them.
 
 Each task is restored with all its threads (its restorer creates them).
@@ -135,6 +135,10 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
             region.unmap()
 
     try:
+        for restoring, _, _, _ in restorings:
+            restoring.seize()
+        for restoring, _, _, _ in restorings:  # the restorers work at once, on every CPU
+            restoring.let_go()
         for restoring, region_start, region_size, stop_signal in restorings:
             restoring.run_to_dumped_code()
             for line in restoring.restorer_log().splitlines():  # the restorer's and the plugin's lines

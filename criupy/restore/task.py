@@ -131,11 +131,18 @@ class Restoring:
             raise self._failure(f"the task ended ({how}) before it was restored")
         return status
 
-    def run_to_dumped_code(self):
-        """Seize, let the restorer go, and stop the task at the exit of its final rt_sigreturn."""
+    def seize(self):
+        """Seize the task where its restorer waits for the go."""
         trace.request(trace.PTRACE_SEIZE, self.pid, 0, trace.PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
         self._tell_own_rseq()
+
+    def let_go(self):
+        """After seize(): the restorer rebuilds the task. criupy seizes every task of a tree first, while
+        none takes CPU time, then lets all of them go, so that they rebuild their tasks side by side."""
         os.write(self.go_fd, b"g")
+
+    def run_to_dumped_code(self):
+        """After let_go(): stop the task at the exit of its final rt_sigreturn, every thread at its own."""
         self._wait_for_trap()
         self._seize_threads()
         self._follow_to_sigreturn_exit()
