@@ -60,18 +60,20 @@ def _structs(little_endian, elfclass, kind=None):
     return structs
 
 
-# (st_dev, st_ino, st_size, st_mtime_ns) -> build_id_words of that file: parsing ELF takes milliseconds, so
-# the dump reads the mapped files' build-ids before it stops the process (criupy.dump.memory.check_mappings)
+# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> build_id_words of that file (ctime too: a file rewritten
+# in place with its mtime set back has a new one): parsing ELF takes milliseconds, so
+# the dump reads the mapped files' build-ids before it stops the process (criupy.dump.memory.check_mappings),
+# and a restore reads each once for all the tasks of a tree that map it (criupy.restore.files)
 _words_by_file = {}
 
 
 def build_id_words(path, st=None):
     """The build-id as CRIU's reg_file_entry keeps it: little-endian 32-bit words; () if none or unreadable.
 
-    st: the file's os.stat: the result is kept for it, and a file changed since (size or mtime) is read again."""
+    st: the file's os.stat: the result is kept for it, and a file changed since (size, mtime or ctime) is read again."""
     if st is None:
         return _read_build_id_words(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _words_by_file:
         _words_by_file[key] = _read_build_id_words(path)
     return _words_by_file[key]

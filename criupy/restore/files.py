@@ -105,7 +105,8 @@ def _check_same_file(path, reg, fd, check_size=True):
     if read_only and reg.HasField("mtime_ns") and st.st_mtime_ns != reg.mtime_ns:
         raise CriupyError(f"file {path} was modified since the dump (at {_when(st.st_mtime_ns)}, dumped as of "
                           f"{_when(reg.mtime_ns)})")
-    if reg.build_id and tuple(reg.build_id) != elf.build_id_words(f"/proc/self/fd/{fd}"):
+    # st: read once per file (the tasks of a tree map the same files), and again if it changed
+    if reg.build_id and tuple(reg.build_id) != elf.build_id_words(f"/proc/self/fd/{fd}", st):
         raise CriupyError(f"file {path} is not the build that was dumped (another ELF build-id)")
 
 
