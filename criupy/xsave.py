@@ -11,8 +11,6 @@ import functools
 import mmap
 import struct
 
-import keystone
-
 from criupy.images.pb import core_x86_pb2
 
 LEGACY = struct.Struct("<HHHHQQII")  # cwd swd twd fop rip rdp mxcsr mxcsr_mask, then st_space, xmm_space
@@ -37,16 +35,18 @@ COMPONENTS = (
 )
 XFEATURE_FP_SSE = 0b11
 
+# cpuid(leaf, subleaf, out[4])
+CPUID_ASM = ("push rbx; mov r8, rdx; mov eax, edi; mov ecx, esi; cpuid;"
+             "mov [r8], eax; mov [r8+4], ebx; mov [r8+8], ecx; mov [r8+12], edx; pop rbx; ret")
+# CPUID_ASM as keystone assembles it (a test checks): no keystone at run time, whose start costs milliseconds
+CPUID_CODE = b"SI\x89\xd0\x89\xf8\x89\xf1\x0f\xa2A\x89\x00A\x89X\x04A\x89H\x08A\x89P\x0c[\xc3"
+
 
 @functools.cache
 def _cpuid_function():
     """cpuid(leaf, subleaf, out[4]) as machine code in an executable page of our own."""
-    code = bytes(keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64).asm(
-        "push rbx; mov r8, rdx; mov eax, edi; mov ecx, esi; cpuid;"
-        "mov [r8], eax; mov [r8+4], ebx; mov [r8+8], ecx; mov [r8+12], edx; pop rbx; ret"
-    )[0])
     page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    page.write(code)
+    page.write(CPUID_CODE)
     address = ctypes.addressof(ctypes.c_char.from_buffer(page))
     function = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32))(address)
     function._page = page  # keep the code mapped as long as the function lives

@@ -5,6 +5,7 @@ import errno
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -84,6 +85,19 @@ def test_prime_search_dumped_midway_prints_the_undisturbed_result(victim, proces
 def _cpu_has(flag):
     with open("/proc/cpuinfo") as f:
         return any(line.startswith("flags") and flag in line.split() for line in f)
+
+
+def test_cpuid_code_is_what_keystone_assembles_and_reads_the_vendor():
+    import keystone
+
+    from criupy import xsave
+
+    assembler = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
+    assert bytes(assembler.asm(xsave.CPUID_ASM)[0]) == xsave.CPUID_CODE
+    _, ebx, ecx, edx = xsave.cpuid(0)
+    vendor = struct.pack("<III", ebx, edx, ecx).decode()
+    with open("/proc/cpuinfo") as f:
+        assert f"vendor_id\t: {vendor}\n" in f.read()
 
 
 @pytest.mark.skipif(not _cpu_has("avx"), reason="the CPU has no AVX")
