@@ -160,10 +160,15 @@ def _dump(pid, images, hooks, leave_running, shell_job):
 
 
 def _load_frozen_modules():
-    """Import now what the dump needs once the tree is stopped: imports are no frozen time."""
+    """Import now what the dump needs once the tree is stopped, and read the CPU's XSAVE layout (CPUID):
+    neither is frozen time."""
     import criupy.infect.parasite  # noqa: F401  (loaded by infect())
+    from criupy import xsave
     from criupy.dump import core, shmem, sysvshm, threads  # noqa: F401
     from criupy.images.pb import fs_pb2, mm_pb2, stats_pb2  # noqa: F401
+
+    for number, _, _ in xsave.COMPONENTS:
+        xsave.component(number)
 
 
 def _descendants(pid):
