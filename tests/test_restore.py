@@ -190,16 +190,31 @@ def _dumped_counter(victim, processes, tmp_path, argv=None):
     return counter.pid, output, images, _dumped_mappings(images, counter.pid)
 
 
+def _joined(mappings):
+    """(start, end, protection) list with neighbours of the same protection joined into one.
+
+    Two anonymous mappings side by side with the same protection stay apart in a process only by their
+    history (each has its own anon_vma); the restorer makes them anew and the kernel joins them: the
+    same memory, one line of /proc/PID/maps instead of two. CRIU's zdtm compares maps this way too."""
+    joined = []
+    for start, end, prot in mappings:
+        if joined and joined[-1][1] == start and joined[-1][2] == prot:
+            joined[-1] = (joined[-1][0], end, prot)
+        else:
+            joined.append((start, end, prot))
+    return joined
+
+
 def _dumped_mappings(images, pid):
-    """(start, end, protection) of every mapping in mm-PID.img."""
+    """(start, end, protection) of every mapping in mm-PID.img, neighbours joined (_joined)."""
     (mm,) = ImagesDir(str(images), "r").read(f"mm-{pid}")
-    return [(v.start, v.end, v.prot) for v in mm.vmas]
+    return _joined([(v.start, v.end, v.prot) for v in mm.vmas])
 
 
 def _mappings(pid):
     prot = {"r": 1, "w": 2, "x": 4}
-    return [(m.start, m.end, sum(prot.get(c, 0) for c in m.perms[:3])) for m in proc.maps(pid)
-            if m.path != "[vsyscall]"]  # the kernel's, the same in every process: not dumped
+    return _joined([(m.start, m.end, sum(prot.get(c, 0) for c in m.perms[:3])) for m in proc.maps(pid)
+                    if m.path != "[vsyscall]"])  # the kernel's, the same in every process: not dumped
 
 
 def _tree_bytes(directory):
