@@ -380,6 +380,40 @@ def test_a_dump_failing_while_the_tree_is_stopped_resumes_every_process(victim, 
     assert not os.path.exists(tmp_path / "images") or not os.listdir(tmp_path / "images")
 
 
+def fd_table(pid):
+    return {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+
+
+def test_a_dump_failing_while_parasites_write_pages_resumes_every_process_as_it_was(victim, processes, trees,
+                                                                                    tmp_path, monkeypatch):
+    from criupy.dump import core
+
+    root, output, _ = start_tree(victim, processes, trees, tmp_path)
+    before = tree_of(root.pid)
+    live = [pid for pid, (_, _, _, zombie) in before.items() if not zombie]
+    fds_before = {pid: fd_table(pid) for pid in live}
+    real_core_entry = core.core_entry
+    dumped = []
+
+    def failing_for_the_third(pid, *args):  # the parasites of the first two are writing their pages then
+        dumped.append(pid)
+        if len(dumped) == 3:
+            raise CriupyError("core broke")
+        return real_core_entry(pid, *args)
+
+    monkeypatch.setattr(core, "core_entry", failing_for_the_third)
+    with pytest.raises(CriupyError, match="^core broke$"):
+        dump(root.pid, str(tmp_path / "images"))
+    assert len(dumped) == 3
+    assert tree_of(root.pid) == before
+    for pid in live:
+        assert_untraced_and_running(pid)
+        assert fd_table(pid) == fds_before[pid]  # no copy of criupy's pages fd left in any
+    count = len(lines(output))
+    wait_for(lambda: len(lines(output)) > count + 50, "the tree to go on")
+    assert not os.path.exists(tmp_path / "images") or not os.listdir(tmp_path / "images")
+
+
 def test_a_restore_failing_half_way_leaves_no_process(victim, processes, trees, tmp_path):
     root, output, _ = start_tree(victim, processes, trees, tmp_path)
     images = tmp_path / "images"

@@ -222,19 +222,32 @@ def _dump_seized(frozen, images, stats, terminals, shell_job):
     pipe_data = []
     sk_queues = []
     fifo_data = []
-    for pages_id, member in enumerate(frozen.members, 1):
-        if member.zombie:
-            stat = proc.stat(member.pid)
-            pstree.append(tree.pstree_entry(stat, [member.pid], is_root=member.parent == 0))
-            images.write(f"core-{member.pid}", [tree.zombie_core_entry(stat)])
-            continue
-        open_fds, stat = processes[member.pid]
-        pstree.append(tree.pstree_entry(stat, member.group.tids, is_root=member.parent == 0))
-        dumped_fds = _dump_process(member.pid, member.group, open_fds, stat, pages_id, images, stats, files_image,
-                                   shared_memory, sysv_segments, ids, terminals)
-        pipe_data += dumped_fds.pipe_data
-        sk_queues += dumped_fds.sk_queues
-        fifo_data += dumped_fds.fifo_data
+    writing = []  # pages_written() of each process whose parasite writes its pages while the next is dumped
+    try:
+        for pages_id, member in enumerate(frozen.members, 1):
+            if member.zombie:
+                stat = proc.stat(member.pid)
+                pstree.append(tree.pstree_entry(stat, [member.pid], is_root=member.parent == 0))
+                images.write(f"core-{member.pid}", [tree.zombie_core_entry(stat)])
+                continue
+            open_fds, stat = processes[member.pid]
+            pstree.append(tree.pstree_entry(stat, member.group.tids, is_root=member.parent == 0))
+            dumped_fds, pages_written = _dump_process(member.pid, member.group, open_fds, stat, pages_id, images,
+                                                      stats, files_image, shared_memory, sysv_segments, ids,
+                                                      terminals)
+            writing.append(pages_written)
+            pipe_data += dumped_fds.pipe_data
+            sk_queues += dumped_fds.sk_queues
+            fifo_data += dumped_fds.fifo_data
+        while writing:
+            writing.pop(0)()
+    except BaseException:
+        # each parasite still writing finishes first (it holds a copy of criupy's fd): then its cure is
+        # the usual one, not an interrupt in the middle of a command
+        for pages_written in writing:
+            with contextlib.suppress(Exception):
+                pages_written()
+        raise
     terminals.take_queued()
 
     write_started = time.monotonic()
@@ -264,7 +277,8 @@ def _dump_process(pid, group, open_fds, stat, pages_id, images, stats, files_ima
     """The images of one seized process (core per thread, ids, mm, pagemap + pages-<pages_id>, fdinfo, fs).
     open_fds and stat: its fds (files.inspect_fds) and /proc/PID/stat, read once it was seized.
 
-    Returns its DumpedFds: the pipe data and socket queues first read here go in the tree's images."""
+    Returns its DumpedFds (the pipe data and socket queues first read here go in the tree's images) and
+    pages_written(): its parasite is still writing pages-<pages_id>, pages_written() waits until it is done."""
     from criupy.dump import core, files, memory, threads, tree
     from criupy.images.pb import fs_pb2, mm_pb2
 
@@ -309,18 +323,6 @@ def _dump_process(pid, group, open_fds, stat, pages_id, images, stats, files_ima
         umask=misc.umask)
 
     _test_pause("infected")
-    write_started = time.monotonic()
-    pages_fd = images.open_raw(f"pages-{pages_id}", write=True)
-    try:
-        written = parasite.dump_pages(pages_fd, pages.ranges)
-    finally:
-        os.close(pages_fd)
-    stats.memwrite_time += _microseconds(write_started)
-    stats.pages_written += written // memory.PAGE_SIZE
-    if written != pages.pages * memory.PAGE_SIZE:
-        raise CriupyError(f"the parasite wrote {written} bytes of PID {pid}'s memory, not {pages.pages} pages")
-    log.info("PID %d: %d pages written", pid, written // memory.PAGE_SIZE)
-
     images.write(f"core-{pid}", [core_entry])
     for tid, entry in thread_cores.items():
         images.write(f"core-{tid}", [entry])
@@ -329,7 +331,31 @@ def _dump_process(pid, group, open_fds, stat, pages_id, images, stats, files_ima
     images.write(f"pagemap-{pid}", memory.pagemap_entries(pages, pages_id))
     images.write(f"fdinfo-{task_ids.files_id}", dumped_fds.fdinfo)
     images.write(f"fs-{pid}", [fs])
-    return dumped_fds
+
+    # the last step, as nothing may fail once the parasite writes (the caller waits for it)
+    write_started = time.monotonic()
+    pages_fd = images.open_raw(f"pages-{pages_id}", write=True)
+    try:
+        finish_pages = parasite.start_dump_pages(pages_fd, pages.ranges)
+    except BaseException:
+        os.close(pages_fd)
+        raise
+    stats.memwrite_time += _microseconds(write_started)
+
+    def pages_written():
+        """Wait until the parasite has written them all (memwrite_time: criupy's time waiting for it)."""
+        waited_from = time.monotonic()
+        try:
+            written = finish_pages()
+        finally:
+            os.close(pages_fd)
+        stats.memwrite_time += _microseconds(waited_from)
+        stats.pages_written += written // memory.PAGE_SIZE
+        if written != pages.pages * memory.PAGE_SIZE:
+            raise CriupyError(f"the parasite wrote {written} bytes of PID {pid}'s memory, not {pages.pages} pages")
+        log.info("PID %d: %d pages written", pid, written // memory.PAGE_SIZE)
+
+    return dumped_fds, pages_written
 
 
 def _call_hook(pid, victim, function):

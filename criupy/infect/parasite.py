@@ -266,11 +266,19 @@ class Parasite:
 
     def _call(self, cmd, arg=0, fd=None, nr_fds=0):
         """Run one command; returns (arg, fds) of the reply. A failed command raises CriupyError."""
+        self._send(cmd, arg, fd)
+        return self._reply(cmd, nr_fds)
+
+    def _send(self, cmd, arg=0, fd=None):
+        """Send one command; the parasite runs it while criupy goes on, until _reply(cmd)."""
         if not self.running or self._conn is None:
             raise CriupyError(f"the parasite in PID {self.task.pid} is not running")
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))] if fd is not None else []
         self._in_flight = True
         self._conn.sendmsg([MSG.pack(cmd, 0, arg)], ancillary)
+
+    def _reply(self, cmd, nr_fds=0):
+        """The reply to the command sent: (arg, fds). A failed command raises CriupyError."""
         status, reply_arg, fds = self._receive(cmd, nr_fds)
         self._in_flight = False
         if status < 0:
@@ -330,17 +338,34 @@ class Parasite:
 
         Returns the number of bytes written (the sum of the lengths).
         """
+        return self.start_dump_pages(fd, ranges)()
+
+    def start_dump_pages(self, fd, ranges):
+        """dump_pages, begun: the parasite writes while criupy goes on (with the other processes of a
+        tree). Returns finish(), which waits until all is written and returns the number of bytes, as
+        dump_pages does; nothing else may be asked of this parasite before it. fd stays open until then."""
         ranges = list(ranges)
-        written = 0
-        for start in range(0, len(ranges), RANGES_PER_CHUNK):
-            chunk = ranges[start : start + RANGES_PER_CHUNK]
+        chunks = [ranges[start : start + RANGES_PER_CHUNK] for start in range(0, len(ranges), RANGES_PER_CHUNK)]
+
+        def send(chunk):
             payload = bytearray(len(chunk) * RANGE.size)
             for i, (address, length) in enumerate(chunk):
                 RANGE.pack_into(payload, i * RANGE.size, address, length)
             self._set_data(payload)
-            arg, _ = self._call(CMD_DUMP_PAGES, len(chunk), fd=fd)
-            written += arg
-        return written
+            self._send(CMD_DUMP_PAGES, len(chunk), fd=fd)
+
+        def finish():
+            written = 0
+            for n, chunk in enumerate(chunks):
+                if n:
+                    send(chunk)
+                arg, _ = self._reply(CMD_DUMP_PAGES)
+                written += arg
+            return written
+
+        if chunks:
+            send(chunks[0])
+        return finish
 
     def steal_fds(self, fds):
         """Copies (in criupy) of the task's file descriptors fds, in the same order. The caller closes them."""
