@@ -149,6 +149,11 @@ def test_counter_goes_on_without_gap_or_repeat_and_crit_decodes_every_image(proc
     core = decoded[f"core-{pid}"]["entries"][0]
     assert core["tc"]["comm"] == "counter"
     assert len(core["tc"]["sigactions"]) == 62
+    # the counter is in criupy's namespaces: the inventory's root_ids name them with the same ids
+    task_ids = decoded[f"ids-{pid}"]["entries"][0]
+    root_ids = decoded["inventory"]["entries"][0]["root_ids"]
+    namespaces = [key for key in task_ids if key.endswith("_ns_id")]
+    assert len(namespaces) >= 6 and all(root_ids[key] == task_ids[key] for key in namespaces)
     # stdout is the output file: a regular file at the position the counter had reached
     files = {e["id"]: e for e in decoded["files"]["entries"]}
     stdout = next(e for e in decoded["fdinfo-1"]["entries"] if e["fd"] == 1)

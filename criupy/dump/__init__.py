@@ -123,6 +123,7 @@ def _dump(pid, images, hooks, leave_running, shell_job):
     # the files of the images every dump writes, created now: a file's creation is no frozen time
     images.reserve(["inventory", "pstree", "files", "stats-dump", "pages-1"]
                    + [f"{kind}-{pid}" for kind in ("core", "ids", "mm", "pagemap", "fs")])
+    ids = tree.IdGenerator()  # reads criupy's own namespaces, for the inventory
 
     stats = DumpStats()
     started = time.monotonic()
@@ -141,7 +142,7 @@ def _dump(pid, images, hooks, leave_running, shell_job):
             _test_pause("seized")
             for function in hooks:
                 _call_hook(pid, frozen.members[0].group.leader, function)
-            _dump_seized(frozen, images, stats, terminals, shell_job)
+            _dump_seized(frozen, images, stats, terminals, shell_job, ids)
             stats.frozen_time = _microseconds(frozen_at)  # until the images are written: the end is quick
             _write_stats(images, stats)
             images.release_reserved()
@@ -205,7 +206,7 @@ def _suppress_gone(check, pid):
             raise
 
 
-def _dump_seized(frozen, images, stats, terminals, shell_job):
+def _dump_seized(frozen, images, stats, terminals, shell_job, ids):
     from criupy.dump import files, memory, shmem, sysvshm, tree
     from criupy.dump.fds import tty
 
@@ -217,7 +218,6 @@ def _dump_seized(frozen, images, stats, terminals, shell_job):
     shared_memory = shmem.SharedMemory()
     sysv_segments = sysvshm.SysvSegments()
     files_image = files.FilesImage(shared_memory)
-    ids = tree.IdGenerator()
     pstree = []
     pipe_data = []
     sk_queues = []

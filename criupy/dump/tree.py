@@ -147,6 +147,9 @@ class IdGenerator:
     def __init__(self):
         self._next = {}
         self._namespaces = {}
+        # criupy's own namespaces (the inventory's root_ids), read when the generator is made: a dump makes
+        # it before it freezes the tree (criupy does not change its namespaces meanwhile)
+        self.own_namespace_ids = {name: self.namespace_id(os.getpid(), name) for name, _ in NAMESPACES}
 
     def new(self, kind):
         self._next[kind] = self._next.get(kind, 0) + 1
@@ -176,7 +179,7 @@ def inventory_entry(ids):
     """inventory.img; root_ids are criupy's own namespaces, which restore compares with the dumped ones."""
     root = core_pb2.task_kobj_ids_entry(vm_id=0, files_id=0, fs_id=0, sighand_id=0)
     for name, field in NAMESPACES:
-        ns_id = ids.namespace_id(os.getpid(), name)
+        ns_id = ids.own_namespace_ids[name]
         if ns_id is not None:
             setattr(root, field, ns_id)
     return inventory_pb2.inventory_entry(
