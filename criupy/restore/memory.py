@@ -5,6 +5,7 @@ pages-N.img straight into place, and the kernel's vDSO areas to move; plus an ad
 restorer's own mapping that is free both here and in the dumped address space.
 """
 
+import functools
 import mmap
 from dataclasses import dataclass
 
@@ -178,9 +179,16 @@ def _own_mappings():
     return mappings
 
 
+@functools.cache
+def _own_special_areas():
+    """(start, size, path) of criupy's own vDSO areas, in address order. The kernel placed them when criupy
+    started and criupy never moves them: read once, not once for each task of a tree."""
+    return tuple((start, end - start, path) for start, end, path in _own_mappings() if path in SPECIAL_PATHS)
+
+
 def _match_specials(dumped):
     """Pair the dumped vDSO areas with this kernel's, in address order; same kernel, same sizes."""
-    current = [(start, end - start, path) for start, end, path in _own_mappings() if path in SPECIAL_PATHS]
+    current = _own_special_areas()
     current_kinds = [("vdso" if path == "[vdso]" else "vvar", size) for _, size, path in current]
     dumped_kinds = [(_kind(v.status), v.end - v.start) for v in dumped]
     if not dumped:
