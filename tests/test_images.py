@@ -471,9 +471,13 @@ def test_unsafe_or_used_directories_are_refused(tmp_path):
     (real / "notes.txt").write_text("mine")
     with pytest.raises(CriupyError, match="already holds images"):
         ImagesDir(str(real), "w")
+    # CRIU's stats file has no ".img"; criupy before 81b4aee wrote stats-dump.img
+    (real / "stats-dump").write_bytes(b"")
+    (real / "stats-dump.img").write_bytes(b"")
     # overwrite replaces the images, and only them.
     images = ImagesDir(str(real), "w", overwrite=True)
     assert images.names() == []
+    assert sorted(p.name for p in real.iterdir()) == ["notes.txt"]
     assert (real / "notes.txt").read_text() == "mine"
     images.write("pstree", SAMPLES["pstree"]()[0])
 

@@ -170,12 +170,12 @@ class ImagesDir:
             return
         if not os.path.isdir(path):
             raise CriupyError(f"images directory {path} is not a directory")
-        existing = self.names()
+        existing = self._image_paths()
         if existing and not overwrite:
-            raise CriupyError(f"{path} already holds images ({_file_name(existing[0])} ...); "
+            raise CriupyError(f"{path} already holds images ({os.path.basename(existing[0])} ...); "
                               f"choose an empty directory or overwrite")
-        for name in existing:
-            os.unlink(self.path(name))
+        for image_path in existing:
+            os.unlink(image_path)
 
     def path(self, name):
         """The file path of image name ("core-42" -> DIR/core-42.img, "stats-dump" -> DIR/stats-dump)."""
@@ -184,11 +184,15 @@ class ImagesDir:
     def exists(self, name):
         return os.path.lexists(self.path(name))
 
+    def _image_paths(self):
+        """The paths of the image files in the directory, sorted: *.img and CRIU's bare stats-* files."""
+        directory = glob.escape(self.dir)
+        bare = [p for p in glob.glob(os.path.join(directory, _BARE_PREFIX + "*")) if not p.endswith(".img")]
+        return sorted(glob.glob(os.path.join(directory, "*.img")) + bare)
+
     def names(self):
         """The images in the directory, sorted, without ".img"."""
-        directory = glob.escape(self.dir)
-        paths = glob.glob(os.path.join(directory, "*.img")) + glob.glob(os.path.join(directory, _BARE_PREFIX + "*"))
-        return sorted(os.path.basename(p).removesuffix(".img") for p in paths)
+        return sorted(os.path.basename(p).removesuffix(".img") for p in self._image_paths())
 
     def reserve(self, names):
         """Create the files of images that will be written, now: write() and open_raw() then only fill them
