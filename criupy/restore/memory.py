@@ -9,6 +9,7 @@ import functools
 import mmap
 from dataclasses import dataclass
 
+from criupy import proc
 from criupy.errors import CriupyError
 
 PAGE_SIZE = 4096
@@ -166,39 +167,26 @@ def _page_vectors(task, mappings):
     return vectors, total
 
 
-def _own_mappings():
-    """(start, end, path) of each of criupy's own mappings, from /proc/self/maps. Only these fields are
-    parsed: proc.maps() makes a full record of each of a Python's hundreds of lines (about 2 ms)."""
-    with open("/proc/self/maps") as f:
-        lines = f.read().splitlines()
-    mappings = []
-    for line in lines:
-        fields = line.split(None, 5)
-        start, _, end = fields[0].partition("-")
-        mappings.append((int(start, 16), int(end, 16), fields[5] if len(fields) > 5 else ""))
-    return mappings
-
-
 @functools.cache
 def _own_special_areas():
-    """(start, size, path) of criupy's own vDSO areas, in address order. The kernel placed them when criupy
-    started and criupy never moves them: read once, not once for each task of a tree."""
-    return tuple((start, end - start, path) for start, end, path in _own_mappings() if path in SPECIAL_PATHS)
+    """criupy's own vDSO areas (proc.Mapping), in address order. The kernel placed them when criupy started
+    and criupy never moves them: read once, not once for each task of a tree."""
+    return tuple(m for m in proc.maps() if m.path in SPECIAL_PATHS)
 
 
 def _match_specials(dumped):
     """Pair the dumped vDSO areas with this kernel's, in address order; same kernel, same sizes."""
     current = _own_special_areas()
-    current_kinds = [("vdso" if path == "[vdso]" else "vvar", size) for _, size, path in current]
+    current_kinds = [("vdso" if m.path == "[vdso]" else "vvar", m.size) for m in current]
     dumped_kinds = [(_kind(v.status), v.end - v.start) for v in dumped]
     if not dumped:
-        return [SpecialArea(current=start, dumped=0, size=size) for start, size, _ in current]
+        return [SpecialArea(current=m.start, dumped=0, size=m.size) for m in current]
     if current_kinds != dumped_kinds:
         raise CriupyError(
             "the dumped vDSO does not match this kernel's (dumped on another kernel?): "
             f"dumped {dumped_kinds}, here {current_kinds}"
         )
-    return [SpecialArea(current=start, dumped=v.start, size=size) for (start, size, _), v in zip(current, dumped)]
+    return [SpecialArea(current=m.start, dumped=v.start, size=m.size) for m, v in zip(current, dumped)]
 
 
 def find_free_area(size, dumped_ranges):
@@ -206,7 +194,7 @@ def find_free_area(size, dumped_ranges):
 
     The highest such gap is taken, one guard page from everything, below the top of criupy's mappings.
     """
-    taken = sorted([(start, end) for start, end, _ in _own_mappings() if start < TASK_SIZE] + list(dumped_ranges))
+    taken = sorted([(m.start, m.end) for m in proc.maps() if m.start < TASK_SIZE] + list(dumped_ranges))
     candidates = []
     previous_end = MMAP_MIN_ADDR
     for start, end in taken + [(TASK_SIZE, TASK_SIZE)]:
