@@ -176,7 +176,7 @@ class IdGenerator:
 
 
 def inventory_entry(ids):
-    """inventory.img; root_ids are criupy's own namespaces, which restore compares with the dumped ones."""
+    """inventory.img; root_ids are criupy's own namespaces, as CRIU records them (criupy's restore does not read them)."""
     root = core_pb2.task_kobj_ids_entry(vm_id=0, files_id=0, fs_id=0, sighand_id=0)
     for name, field in NAMESPACES:
         ns_id = ids.own_namespace_ids[name]
