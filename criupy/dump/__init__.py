@@ -115,9 +115,9 @@ def _dump(pid, images, hooks, leave_running, shell_job):
     processes = {pid: (files.inspect_fds(pid, descendants), proc.stat(pid))}
     memory.check_mappings(pid)
     for descendant in descendants:
-        _suppress_gone(lambda p: _check_process(p, tree_pids), descendant)
-        with contextlib.suppress(CriupyError, OSError):
-            processes[descendant] = (files.inspect_fds(descendant, tree_pids), proc.stat(descendant))
+        checked = _suppress_gone(lambda p: _check_process(p, tree_pids), descendant)
+        if checked is not None:
+            processes[descendant] = checked
     tty.check(pid, processes, shell_job)
     _load_frozen_modules()
     # the files of the images every dump writes, created now: a file's creation is no frozen time
@@ -185,25 +185,29 @@ def _descendants(pid):
 
 
 def _check_process(pid, tree_pids):
+    """Refuse what criupy cannot dump in a running descendant; its (fds, stat), or None for a zombie."""
     from criupy.dump import files, memory, tree
 
-    if proc.stat(pid).state in ("Z", "X"):
-        return
+    stat = proc.stat(pid)
+    if stat.state in ("Z", "X"):
+        return None
     tree.check_task(pid)
-    files.inspect_fds(pid, tree_pids)
+    open_fds = files.inspect_fds(pid, tree_pids)
     memory.check_mappings(pid)
+    return open_fds, stat
 
 
 def _suppress_gone(check, pid):
-    """check(pid), where a process that went away (or became a zombie) is no concern."""
+    """check(pid)'s result, where a process that went away (or became a zombie) is no concern: None then."""
     try:
-        check(pid)
+        return check(pid)
     except (CriupyError, OSError):
         with contextlib.suppress(CriupyError):
             if proc.stat(pid).state in ("Z", "X"):
-                return
+                return None
         if os.path.exists(f"/proc/{pid}"):
             raise
+        return None
 
 
 def _dump_seized(frozen, images, stats, terminals, shell_job, ids):
