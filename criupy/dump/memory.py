@@ -91,7 +91,7 @@ def check_mappings(pid):
 
 def _classify(pid, smaps_entry):
     """(kind, stat) of one mapping: kind 'skip', 'vdso', 'anon', 'shmem', 'sysv', 'memfd', 'file' (or 'gone'),
-    stat the mapped file's for 'file' (else None); raises for what is not supported."""
+    stat the mapped file's for 'file' and 'memfd' (else None); raises for what is not supported."""
     m = smaps_entry.mapping
     if m.path in SKIPPED_AREAS:
         return "skip", None
@@ -102,7 +102,7 @@ def _classify(pid, smaps_entry):
     if m.path.startswith("/memfd:") and m.inode:
         if "ht" in smaps_entry.vm_flags:
             raise CriupyError(f"{describe(m)} maps a hugetlb memfd: not supported yet")
-        return "memfd", None
+        return "memfd", _mapped_file_stat(pid, m)
     if m.shared and m.path.startswith("/SYSV") and m.path.endswith(" (deleted)"):
         if "ht" in smaps_entry.vm_flags:
             raise CriupyError(f"{describe(m)} is a hugetlb SysV segment: not supported yet")
@@ -173,7 +173,6 @@ def collect_vmas(pid, smaps_entries, files):
             entry.status |= VMA_FILE_SHARED if m.shared else VMA_FILE_PRIVATE
             if kind == "memfd":
                 entry.status |= VMA_AREA_MEMFD  # shmid names a MEMFD entry of files.img (as CRIU)
-                st = _mapped_file_stat(pid, m)  # told by its name: not stat'ed by _classify
             entry.pgoff = m.offset
             entry.fdflags = open_flags
             entry.shmid = files.mapped_file(describe(m), m.path, st, open_flags,
