@@ -12,7 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy import proc
 from criupy.errors import CriupyError
@@ -157,8 +157,7 @@ def probe_vdso_layout():
     return described
 
 
-@dataclass(frozen=True)
-class Probe:
+class Probe(NamedTuple):
     name: str
     function: object
     required: bool

@@ -5,7 +5,7 @@ A process that is gone raises CriupyError naming the PID.
 """
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy.errors import CriupyError
 
@@ -21,8 +21,7 @@ def _read_text(pid, name):
         raise CriupyError(f"not permitted to read {path}") from None
 
 
-@dataclass(frozen=True)
-class Mapping:
+class Mapping(NamedTuple):
     """One line of /proc/PID/maps."""
 
     start: int
@@ -70,8 +69,7 @@ def thread_comm(pid, tid):
     return _read_text(pid, f"task/{tid}/comm").rstrip("\n")
 
 
-@dataclass(frozen=True)
-class Stat:
+class Stat(NamedTuple):
     """The fields of /proc/PID/stat the dump uses (man 5 proc numbers them from 1)."""
 
     pid: int
@@ -110,8 +108,7 @@ def stat(pid="self"):
     )
 
 
-@dataclass(frozen=True)
-class SmapsEntry:
+class SmapsEntry(NamedTuple):
     """One mapping of /proc/PID/smaps: the maps line and its VmFlags ("rd", "wr", "gd", ...)."""
 
     mapping: Mapping
@@ -174,8 +171,7 @@ def fd_link(pid, fd):
         raise CriupyError(f"fd {fd} of PID {pid} closed while criupy looked at it") from None
 
 
-@dataclass(frozen=True)
-class FdInfo:
+class FdInfo(NamedTuple):
     """/proc/PID/fdinfo/FD: position, open flags (O_CLOEXEC included), mount id, inode, other lines."""
 
     pos: int
@@ -205,8 +201,7 @@ def fdinfo(pid, fd):
     )
 
 
-@dataclass(frozen=True)
-class PosixTimerInfo:
+class PosixTimerInfo(NamedTuple):
     """One timer of /proc/PID/timers (what timer_create was given; its times come from the task)."""
 
     timer_id: int

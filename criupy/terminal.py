@@ -21,7 +21,7 @@ import select
 import struct
 import termios
 import time
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from criupy.errors import CriupyError
 
@@ -41,8 +41,7 @@ N_TTY_READ_BUFFER = 4095  # what the line discipline holds for a reader; more wa
 REFILL_SECONDS = 5
 
 
-@dataclass(frozen=True)
-class Termios:
+class Termios(NamedTuple):
     iflag: int
     oflag: int
     cflag: int
@@ -105,7 +104,7 @@ def _with_cc(t, **values):
 
 def _raw(t):
     """t with no input or output processing, no echo, signals or line editing; reads never wait."""
-    return replace(t, iflag=0, oflag=0, lflag=0, cc=tuple(_with_cc(t, VMIN=0, VTIME=0)))
+    return t._replace(iflag=0, oflag=0, lflag=0, cc=tuple(_with_cc(t, VMIN=0, VTIME=0)))
 
 
 def _readable(fd):

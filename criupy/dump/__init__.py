@@ -24,7 +24,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 from criupy import proc
 from criupy.errors import CriupyError
@@ -32,16 +31,16 @@ from criupy.log import log_to
 
 log = logging.getLogger("criupy.dump")
 
-@dataclass
 class DumpStats:
     """What goes into stats-dump (times in microseconds, as CRIU counts them)."""
 
-    freezing_time: int = 0
-    frozen_time: int = 0
-    memdump_time: int = 0
-    memwrite_time: int = 0
-    pages_scanned: int = 0
-    pages_written: int = 0
+    def __init__(self):
+        self.freezing_time = 0
+        self.frozen_time = 0
+        self.memdump_time = 0
+        self.memwrite_time = 0
+        self.pages_scanned = 0
+        self.pages_written = 0
 
 
 def _microseconds(since):

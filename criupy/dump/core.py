@@ -10,7 +10,7 @@ import os
 import resource
 import signal
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy import proc, xsave
 from criupy.errors import CriupyError
@@ -148,8 +148,7 @@ def robust_list(pid):
     return head.value, length.value
 
 
-@dataclass
-class SeizedState:
+class SeizedState(NamedTuple):
     """What is read with ptrace while the task sits in its ptrace stop, before the parasite runs."""
 
     regs: object           # user_regs_struct as the task must resume (system call restarted, rseq aborted)

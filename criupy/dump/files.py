@@ -20,7 +20,7 @@ import fcntl
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy import elf, proc
 from criupy.dump.fds import anon, eventpoll, memfd, unix
@@ -193,14 +193,16 @@ def _mnt_id_of(link):
 # --- open file descriptors -------------------------------------------------------------------------
 
 
-@dataclass
 class OpenFd:
-    fd: int
-    link: str          # readlink of /proc/PID/fd/FD
-    info: object       # proc.FdInfo
-    st: os.stat_result
-    kind: str          # a key of FD_TYPES
-    sock: unix.UnixSocket = None  # for kind "unix"
+    """One fd of a process as /proc shows it; a socket's kind is settled once sock_diag has told."""
+
+    def __init__(self, fd, link, info, st, kind):
+        self.fd = fd
+        self.link = link    # readlink of /proc/PID/fd/FD
+        self.info = info    # proc.FdInfo
+        self.st = st        # os.stat_result
+        self.kind = kind    # a key of FD_TYPES
+        self.sock = None    # unix.UnixSocket, for kind "unix"
 
 
 # kind -> fdinfo type
@@ -297,8 +299,7 @@ def _same_description(pid1, fd1, pid2, fd2):
     return result == 0
 
 
-@dataclass
-class DumpedFds:
+class DumpedFds(NamedTuple):
     fdinfo: list       # fdinfo_entry, by fd
     pipe_data: list    # (pipe_data_entry, bytes)
     sk_queues: list    # (sk_packet_entry, bytes)

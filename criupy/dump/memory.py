@@ -10,7 +10,7 @@ import logging
 import mmap
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy import elf, proc
 from criupy.dump.pagemap import PAGE_SIZE, PagemapReader
@@ -54,8 +54,7 @@ def describe(mapping):
     return f"mapping {mapping.start:#x}-{mapping.end:#x}{name}"
 
 
-@dataclass
-class Vma:
+class Vma(NamedTuple):
     """One mapping to dump: its image entry, and whether its pages are the task's to save."""
 
     entry: object         # vma_entry
@@ -181,8 +180,7 @@ def collect_vmas(pid, smaps_entries, files):
     return vmas
 
 
-@dataclass
-class PageRanges:
+class PageRanges(NamedTuple):
     """The pages to save: (address, length) ranges in pagemap order, and how many pages were looked at."""
 
     ranges: list

@@ -10,7 +10,7 @@ purpose and unmapped again before the parasite comes in.
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy import proc
 from criupy.dump import core
@@ -27,8 +27,7 @@ SCRATCH_SIZE = 4096
 STACK_T = struct.Struct("<QiIQ")  # stack_t: ss_sp, ss_flags, padding, ss_size
 
 
-@dataclass
-class ThreadSelf:
+class ThreadSelf(NamedTuple):
     """What a thread tells about itself from inside."""
 
     clear_child_tid: int

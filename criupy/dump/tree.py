@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy import proc
 from criupy.errors import CriupyError
@@ -51,8 +51,7 @@ def zombie_core_entry(stat):
     return core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64, tc=task)
 
 
-@dataclass
-class Member:
+class Member(NamedTuple):
     """One process of the frozen tree."""
 
     pid: int

@@ -5,7 +5,7 @@ Names are CRIU's file names without ".img": "core-42", "pagemap-42", "files", "s
 
 import functools
 import importlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy.errors import CriupyError
 from criupy.images import magic
@@ -18,8 +18,7 @@ def _message_class(name):
     return getattr(importlib.import_module(f"criupy.images.pb.{module}"), message)
 
 
-@dataclass(frozen=True)
-class ImageKind:
+class ImageKind(NamedTuple):
     magic: int              # the image's own magic; None for a raw image (no header, no entries)
     entry_name: str = None  # "module.message" of the entries' class (in criupy.images.pb)
     head_name: str = None   # of the first entry's class, when it differs (pagemap_head)

@@ -18,7 +18,7 @@ import os
 import signal
 import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy import proc
 from criupy.errors import CriupyError
@@ -33,8 +33,7 @@ EFLAGS_DF = 0x400
 FAULT_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 
 
-@dataclass(frozen=True)
-class TargetFunction:
+class TargetFunction(NamedTuple):
     spec: str        # LIB:SYMBOL as the user gave it
     path: str        # the mapped file that matched LIB
     symbol: str

@@ -18,7 +18,7 @@ import select
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy.blobs import parasite as parasite_module
 from criupy.blobs.loader import Blob
@@ -64,8 +64,7 @@ POLL_INTERVAL = 0.02  # how often the task is checked while waiting on the socke
 DEFAULT_TIMEOUT = 60.0  # seconds of silence from the parasite before it counts as hung
 
 
-@dataclass(frozen=True)
-class SigAction:
+class SigAction(NamedTuple):
     signo: int
     handler: int   # SIG_DFL = 0, SIG_IGN = 1, else the handler's address
     flags: int     # SA_*
@@ -73,15 +72,13 @@ class SigAction:
     mask: int      # blocked while the handler runs, bit (n-1) for signal n
 
 
-@dataclass(frozen=True)
-class AltStack:
+class AltStack(NamedTuple):
     sp: int
     flags: int     # SS_DISABLE = 2, SS_ONSTACK = 1, SS_AUTODISARM...
     size: int
 
 
-@dataclass(frozen=True)
-class TaskMisc:
+class TaskMisc(NamedTuple):
     umask: int
     pdeath_sig: int
     dumpable: int
@@ -93,23 +90,20 @@ class TaskMisc:
     brk: int  # the heap's current end (mm's brk), as brk(0) returns it
 
 
-@dataclass(frozen=True)
-class ITimer:
+class ITimer(NamedTuple):
     interval_sec: int
     interval_usec: int
     value_sec: int
     value_usec: int
 
 
-@dataclass(frozen=True)
-class ITimers:
+class ITimers(NamedTuple):
     real: ITimer
     virtual: ITimer
     prof: ITimer
 
 
-@dataclass(frozen=True)
-class PosixTimer:
+class PosixTimer(NamedTuple):
     timer_id: int
     interval_sec: int
     interval_nsec: int

@@ -11,7 +11,6 @@ import fcntl
 import mmap
 import os
 import stat
-from dataclasses import dataclass, field
 
 from criupy import elf
 from criupy.errors import CriupyError
@@ -30,19 +29,19 @@ OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
 STATUS_FLAGS = os.O_APPEND | os.O_NONBLOCK | os.O_ASYNC | os.O_DIRECT | os.O_NOATIME
 
 
-@dataclass
 class OpenedFiles:
     """fds criupy holds for one task's restorer. The tasks of a tree share one `held` list: close() on
     any of them releases every fd of all."""
 
-    fds: list = field(default_factory=list)           # (source fd, target fd, cloexec)
-    mapping_fds: dict = field(default_factory=dict)   # files.img id -> fd, for file mappings
-    shmem_fds: dict = field(default_factory=dict)     # shmid -> fd, for anonymous shared memory
-    exe_fd: int = -1                                  # -1: /proc/PID/exe is right already
-    cwd_fd: int = -1
-    root_fd: int = -1
-    held: list = field(default_factory=list)          # every fd above, once
-    terminals: object = None                          # criupy.restore.fds.tty.Terminals, the tree's
+    def __init__(self, held):
+        self.fds = []              # (source fd, target fd, cloexec)
+        self.mapping_fds = {}      # files.img id -> fd, for file mappings
+        self.shmem_fds = {}        # shmid -> fd, for anonymous shared memory
+        self.exe_fd = -1           # -1: /proc/PID/exe is right already
+        self.cwd_fd = -1
+        self.root_fd = -1
+        self.held = held           # every fd above, once
+        self.terminals = None      # criupy.restore.fds.tty.Terminals, the tree's
 
     def hold(self, fd):
         self.held.append(fd)
@@ -183,7 +182,7 @@ def open_files(tasks, images):
     on any releases all, once the tasks have their copies). A file description several tasks share
     (one files.img id) is opened once and given to each. images: the ImagesDir (memfd contents)."""
     held = []
-    opened = {task.pid: OpenedFiles(held=held) for task in tasks}
+    opened = {task.pid: OpenedFiles(held) for task in tasks}
     ghost_paths = _create_ghosts(tasks[0])
     terminals = tty.Terminals(tasks[0], opened[tasks[0].pid].hold)
     for each in opened.values():

@@ -6,7 +6,6 @@ files.img and pipes-data.img belong to the whole tree: every task's DumpedTask r
 """
 
 import os
-from dataclasses import dataclass, field
 
 from criupy.errors import CriupyError
 from criupy.images import ImagesDir
@@ -17,30 +16,30 @@ TASK_DEAD = 2  # task_core_entry.task_state of a zombie
 PID_MAX = 1 << 22
 
 
-@dataclass
 class DumpedTask:
     """What the images say about one task, a process and its threads (a zombie has only its pstree
     entry and core)."""
 
-    pid: int
-    ppid: int             # 0 for the root of the tree
-    pgid: int
-    sid: int
-    core: object          # core_entry
-    mm: object = None     # mm_entry
-    pagemap: list = field(default_factory=list)   # pagemap_entry, in the order of the pages image
-    pages_id: int = 0     # pages-<pages_id>.img holds the page contents
-    fdinfo: list = field(default_factory=list)    # fdinfo_entry
-    files: dict = field(default_factory=dict)     # file id -> file_entry (files.img, the tree's)
-    fs: object = None     # fs_entry
-    pipe_data: dict = field(default_factory=dict)  # pipe_id -> (pipe_data_entry, bytes), the tree's
-    sk_queues: dict = field(default_factory=dict)  # socket file id -> [bytes of each queued message], the tree's
-    fifo_data: dict = field(default_factory=dict)  # FIFO pipe_id -> (pipe_data_entry, bytes), the tree's
-    thread_cores: dict = field(default_factory=dict)  # TID -> core_entry of each thread but the leader
-    ghosts: dict = field(default_factory=dict)  # files.img id -> (ghost_file_entry, contents), the tree's
-    tty_infos: dict = field(default_factory=dict)  # tty-info id -> tty_info_entry, the tree's
-    tty_data: dict = field(default_factory=dict)   # tty-info id -> bytes queued for reading on that end, the tree's
-    memfd_inodes: dict = field(default_factory=dict)  # inode_id -> memfd_inode_entry (memfd.img), the tree's
+    def __init__(self, pid, ppid, pgid, sid, core):
+        self.pid = pid
+        self.ppid = ppid            # 0 for the root of the tree
+        self.pgid = pgid
+        self.sid = sid
+        self.core = core            # core_entry
+        self.mm = None              # mm_entry
+        self.pagemap = []           # pagemap_entry, in the order of the pages image
+        self.pages_id = 0           # pages-<pages_id>.img holds the page contents
+        self.fdinfo = []            # fdinfo_entry
+        self.files = {}             # file id -> file_entry (files.img, the tree's)
+        self.fs = None              # fs_entry
+        self.pipe_data = {}         # pipe_id -> (pipe_data_entry, bytes), the tree's
+        self.sk_queues = {}         # socket file id -> [bytes of each queued message], the tree's
+        self.fifo_data = {}         # FIFO pipe_id -> (pipe_data_entry, bytes), the tree's
+        self.thread_cores = {}      # TID -> core_entry of each thread but the leader
+        self.ghosts = {}            # files.img id -> (ghost_file_entry, contents), the tree's
+        self.tty_infos = {}         # tty-info id -> tty_info_entry, the tree's
+        self.tty_data = {}          # tty-info id -> bytes queued for reading on that end, the tree's
+        self.memfd_inodes = {}      # inode_id -> memfd_inode_entry (memfd.img), the tree's
 
     @property
     def zombie(self):
@@ -179,7 +178,7 @@ def _read_task(images, entry, files, pipe_data, sk_queues, fifo_data, ghosts):
     core = _one(images, f"core-{pid}")
     if not core.HasField("tc"):
         raise CriupyError(f"image core-{pid}.img is corrupt: it has no task state")
-    task = DumpedTask(pid=pid, ppid=entry.ppid, pgid=entry.pgid, sid=entry.sid, core=core)
+    task = DumpedTask(pid, entry.ppid, entry.pgid, entry.sid, core)
     if task.zombie:
         return task
     _check_core(core, pid)

@@ -7,7 +7,7 @@ restorer's own mapping that is free both here and in the dumped address space.
 
 import functools
 import mmap
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from criupy import proc
 from criupy.errors import CriupyError
@@ -48,8 +48,7 @@ MAP_KEPT = mmap.MAP_SHARED | mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_GROWSDO
 SPECIAL_PATHS = ("[vvar]", "[vvar_vclock]", "[vdso]")
 
 
-@dataclass
-class Mapping:
+class Mapping(NamedTuple):
     """One mapping to create: restorer Vma fields, with the file still a file id of files.img."""
 
     start: int
@@ -65,8 +64,7 @@ class Mapping:
     fill: bool = False   # pages of pages-N.img go in
 
 
-@dataclass
-class SpecialArea:
+class SpecialArea(NamedTuple):
     """A vDSO area: where the kernel put it in criupy (and so in the child) and where it goes."""
 
     current: int
@@ -74,8 +72,7 @@ class SpecialArea:
     size: int
 
 
-@dataclass
-class MemoryPlan:
+class MemoryPlan(NamedTuple):
     mappings: list   # Mapping, in address order
     iovecs: list     # (address, length), in the order of pages-N.img
     pages_size: int  # bytes of pages-N.img they read
@@ -156,7 +153,7 @@ def _page_vectors(task, mappings):
         while covered < end:
             if i >= len(mappings) or mappings[i].start > covered:
                 raise CriupyError(f"{name} is corrupt: pages at {covered:#x} are outside every mapping")
-            mappings[i].fill = True
+            mappings[i] = mappings[i]._replace(fill=True)
             covered = mappings[i].end
             i += 1
         if vectors and vectors[-1][0] + vectors[-1][1] == start:

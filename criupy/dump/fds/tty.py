@@ -19,7 +19,7 @@ One tty-info entry per terminal end (the same id for every fd on it), as CRIU do
 
 import logging
 import os
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from criupy import terminal
 from criupy.errors import CriupyError
@@ -33,8 +33,7 @@ TTY_MAJOR = 4      # 4:0-63 virtual consoles, 4:64-255 serial lines
 SHELL_JOB_HINT = "add --shell-job to dump it"
 
 
-@dataclass(frozen=True)
-class Terminal:
+class Terminal(NamedTuple):
     """What a terminal fd is open on: kind ("master", "slave", "ctty", "console", "vt", "serial"), pty index."""
 
     kind: str
@@ -108,25 +107,25 @@ def _termios_entry(t):
                                  c_line=t.line, c_ispeed=t.ispeed, c_ospeed=t.ospeed, c_cc=list(t.cc))
 
 
-@dataclass
 class _End:
-    """One terminal end of the dump: its tty-info entry and criupy's copy of an fd on it."""
+    """One terminal end of the dump: its tty-info entry and criupy's copy of an fd on it (-1 until stolen)."""
 
-    terminal: Terminal
-    info: object
-    fd: int
+    def __init__(self, terminal, info):
+        self.terminal = terminal
+        self.info = info
+        self.fd = -1
 
 
-@dataclass
 class Terminals:
     """The terminals of the tree as dump_fds meets their fds: dump() reads each process's through its
     parasite, take_queued() takes the queued bytes of every pair once all processes are dumped."""
 
-    _ends: dict = field(default_factory=dict)    # Terminal -> _End
-    _pending: list = field(default_factory=list)  # (OpenFd, _End) whose fd is still to be stolen
-    _stolen: list = field(default_factory=list)
-    data: list = field(default_factory=list)      # tty_data_entry, the queued bytes taken out
-    _taken: list = field(default_factory=list)    # (writer, reader, slave, bytes) to put back
+    def __init__(self):
+        self._ends = {}       # Terminal -> _End
+        self._pending = []    # (OpenFd, _End) whose fd is still to be stolen
+        self._stolen = []
+        self.data = []        # tty_data_entry, the queued bytes taken out
+        self._taken = []      # (writer, reader, slave, bytes) to put back
 
     def file_entry(self, open_fd, file_id, flags, fown):
         """The tty_file_entry of a new open file description on a terminal."""
@@ -139,7 +138,7 @@ class Terminals:
                 packet_mode=False, sid=0, pgrp=0, rdev=st.st_rdev, dev=st.st_dev, uid=st.st_uid, gid=st.st_gid)
             if terminal_now.index >= 0:
                 info.pty.index = terminal_now.index
-            end = self._ends[terminal_now] = _End(terminal_now, info, -1)
+            end = self._ends[terminal_now] = _End(terminal_now, info)
             self._pending.append((open_fd, end))
         return tty_pb2.tty_file_entry(id=file_id, tty_info_id=end.info.id, flags=flags, fown=fown)
 

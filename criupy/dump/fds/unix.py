@@ -15,7 +15,6 @@ import array
 import logging
 import socket
 import struct
-from dataclasses import dataclass
 
 from criupy.errors import CriupyError
 from criupy.images.pb import sk_opts_pb2, sk_packet_pb2, sk_unix_pb2
@@ -40,16 +39,16 @@ TIMEVAL = struct.Struct("=qq")
 SOCKET_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram"}
 
 
-@dataclass
 class UnixSocket:
-    """One unix socket as sock_diag reports it."""
+    """One unix socket as sock_diag reports it; name, peer and shutdown come from its attributes."""
 
-    ino: int
-    type: int
-    state: int
-    name: bytes      # b"" when unnamed
-    peer: int        # inode of the peer socket, 0 if none
-    shutdown: int    # RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2 (sk_shutdown's values)
+    def __init__(self, ino, type, state):
+        self.ino = ino
+        self.type = type
+        self.state = state
+        self.name = b""      # b"" when unnamed
+        self.peer = 0        # inode of the peer socket, 0 if none
+        self.shutdown = 0    # RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2 (sk_shutdown's values)
 
 
 def _attributes(data):
@@ -80,7 +79,7 @@ def unix_sockets():
                     error = -struct.unpack_from("=i", body)[0]
                     raise CriupyError(f"cannot list unix sockets (sock_diag): error {error}")
                 _, sock_type, state, _, ino, _, _ = UNIX_DIAG_MSG.unpack_from(body)
-                sock = UnixSocket(ino=ino, type=sock_type, state=state, name=b"", peer=0, shutdown=0)
+                sock = UnixSocket(ino, sock_type, state)
                 for attr, value in _attributes(body[UNIX_DIAG_MSG.size:]):
                     if attr == UNIX_DIAG_NAME:
                         sock.name = bytes(value)
