@@ -1,6 +1,6 @@
 """Steps d and e: the loadable bytes, the exports and the relocations of a linked blob."""
 
-import hashlib
+import zlib
 from dataclasses import dataclass
 
 from elftools.elf.constants import SH_FLAGS
@@ -23,8 +23,8 @@ class BlobImage:
     sections: tuple  # ((name, start, end, "code" or "data"), ...) of the stored sections, in address order
 
     @property
-    def sha256(self):
-        return hashlib.sha256(self.code).hexdigest()
+    def crc32(self):
+        return zlib.crc32(self.code)
 
 
 def allocated_sections(elf):

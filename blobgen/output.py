@@ -35,7 +35,7 @@ def render_module(blob):
         "SECTIONS = (",
         *(f'    ("{name}", {start:#x}, {end:#x}, "{kind}"),' for name, start, end, kind in blob.sections),
         ")",
-        f'SHA256 = "{blob.sha256}"',
+        f"CRC32 = {blob.crc32:#010x}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -51,7 +51,7 @@ def render_plugin(blob):
         "hooks": blob.exports,
         "relocations": [list(r) for r in blob.relocations],
         "sections": [list(s) for s in blob.sections],
-        "sha256": blob.sha256,
+        "crc32": blob.crc32,
     }
     return json.dumps(data, indent=1) + "\n"
 

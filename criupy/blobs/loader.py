@@ -9,15 +9,15 @@
     plugin = load_plugin(path)     # a PIE plugin file (criupy-blobgen --plugin), as a Blob
 """
 
-import hashlib
 import struct
+import zlib
 from types import SimpleNamespace
 
 from criupy.errors import CriupyError
 
 PAGE_SIZE = 4096
 PLUGIN_FORMAT = "criupy-pie-plugin"
-PLUGIN_VERSION = 1
+PLUGIN_VERSION = 2  # 2: a CRC-32 of the code, not a SHA-256 (hashlib costs milliseconds of start-up)
 # The hooks a PIE plugin may define, in the order the restorer calls them (blobgen/pie/include/pie/plugin.h).
 HOOK_NAMES = ("criupy_hook_post_restore_vmas", "criupy_hook_pre_sigreturn")
 
@@ -33,8 +33,9 @@ class Blob:
         self.bss_size = module.BSS_SIZE
         self.exports = dict(module.EXPORTS)
         self.relocations = tuple(module.RELOCATIONS)
-        if hashlib.sha256(self.code).hexdigest() != module.SHA256:
-            raise CriupyError(f"blob {self.name}: CODE does not match its SHA256; run criupy-blobgen")
+        # a hand edit or a damaged install, caught before the code runs in a process
+        if zlib.crc32(self.code) != module.CRC32:
+            raise CriupyError(f"blob {self.name}: CODE does not match its CRC32; run criupy-blobgen")
 
     @property
     def size(self):
@@ -87,7 +88,7 @@ def plugin_module(path):
             EXPORTS=hooks,
             RELOCATIONS=tuple((int(offset), int(addend)) for offset, addend in data["relocations"]),
             SECTIONS=tuple((str(n), int(start), int(end), str(kind)) for n, start, end, kind in data["sections"]),
-            SHA256=str(data["sha256"]),
+            CRC32=int(data["crc32"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CriupyError(f"PIE plugin {path} is damaged: {type(e).__name__} {e}") from None

@@ -306,4 +306,4 @@ SECTIONS = (
     (".rodata", 0x11c0, 0x121b, "data"),
     (".data", 0x1220, 0x1228, "data"),
 )
-SHA256 = "7c2969af0a65b173c8a9818f9d33291fb4a7d8ff35550cf49962efe5b6d75abc"
+CRC32 = 0xa679b07b

@@ -848,4 +848,4 @@ SECTIONS = (
     (".rodata", 0x2750, 0x33ff, "data"),
     (".data", 0x3400, 0x3404, "data"),
 )
-SHA256 = "2c34544c78ae3eb68ed2ebe7930c482f6dd9630392279656f53fe7af49928634"
+CRC32 = 0x6fd7f2bf
