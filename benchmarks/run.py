@@ -2,6 +2,7 @@
 """criupy's benchmark: dump and restore times against the machine's own memory-to-file speed.
 
     python3 benchmarks/run.py [--sizes 16M,256M,1G,4G] [--repeat 3] [--criu /usr/sbin/criu] [--json FILE]
+                              [--python VENV/bin/python]
 
 Run as root from the repository. For every case (C victims from benchmarks/victims holding written
 anonymous memory, a tiny C counter, a 100-thread victim and a 20-process tree) and every target
@@ -234,11 +235,33 @@ def criupy_env(work_dir):
     return env
 
 
-def python_startup(repeat):
+def installed_env(python):
+    """The environment to run the criupy installed for python (a venv, say), after checking that it is
+    this checkout's: every module of the installed package the same as the repository's."""
+    try:
+        found = subprocess.run([python, "-P", "-c", "import criupy, os; print(os.path.dirname(criupy.__file__))"],
+                               capture_output=True, text=True)
+    except OSError as e:
+        sys.exit(f"run.py: cannot run {python}: {e.strerror}")
+    if found.returncode:
+        sys.exit(f"run.py: {python} has no criupy installed (python3 -m venv V && V/bin/pip install .)")
+    installed = Path(found.stdout.strip())
+    differing = [str(source.relative_to(REPO)) for source in (REPO / "criupy").rglob("*.py")
+                 if not (installed / source.relative_to(REPO / "criupy")).is_file()
+                 or (installed / source.relative_to(REPO / "criupy")).read_bytes() != source.read_bytes()]
+    if differing:
+        sys.exit(f"run.py: the criupy installed for {python} is not this checkout's ({differing[0]} differs): "
+                 "reinstall it with pip install .")
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def python_startup(repeat, python):
     """The floor of every command's wall time: `python3 -c pass` (site and .pth files included)."""
     result = Result("python3 -c pass", "-", "python")
     for _ in range(repeat):
-        _, wall, maxrss, _, cpu = timed([sys.executable, "-c", "pass"])
+        _, wall, maxrss, _, cpu = timed([python, "-c", "pass"])
         result.runs.append(Run(dump_wall=wall, restore_wall=wall, dump_maxrss_kib=maxrss, restore_maxrss_kib=maxrss,
                                dump_cpu=cpu, restore_cpu=cpu))
     return result
@@ -385,6 +408,8 @@ def main():
     parser.add_argument("--targets", default="tmpfs,disk", help="which of tmpfs,disk (default both)")
     parser.add_argument("--criu", metavar="PATH", help="also measure this criu binary")
     parser.add_argument("--json", default="benchmark-results.json", help="where to write the results")
+    parser.add_argument("--python", metavar="PATH", help="run the criupy installed for this interpreter (a venv "
+                        "with `pip install .`: start-up without this checkout's editable install)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run.py: run as root (dump and restore need it)")
@@ -406,10 +431,13 @@ def main():
     try:
         first_work_dir = work_dirs[next(iter(work_dirs))]
         programs = build(first_work_dir)
-        tools = [Tool("criupy", [sys.executable, "-m", "criupy"], criupy_env(first_work_dir))]
+        python = args.python or sys.executable
+        env = installed_env(python) if args.python else criupy_env(first_work_dir)
+        # -P: the criupy installed for python, not this checkout's from the current directory
+        tools = [Tool("criupy", [python, "-P", "-m", "criupy"] if args.python else [python, "-m", "criupy"], env)]
         if args.criu:
             tools.append(Criu("criu", [args.criu]))
-        results.append(python_startup(args.repeat))
+        results.append(python_startup(args.repeat, python))
         for case in cases:
             for target, work_dir in work_dirs.items():
                 by_tool = {tool.name: Result(case.name, target, tool.name) for tool in tools}
