@@ -17,8 +17,8 @@ from criupy.errors import CriupyError
 from criupy.images import ImagesDir
 from criupy.restore import args as rst
 from criupy.restore import restore
-from criupy.restore.memory import TASK_SIZE, SpecialArea
-from criupy.restore.region import SIGFRAME_SIZE, Region, data_size
+from criupy.restore.memory import TASK_SIZE, SpecialArea, find_free_area
+from criupy.restore.region import SIGFRAME_SIZE, OwnMappings, Region, data_size
 from criupy.restore.task import Restoring, call_restorer, clone_with_pid
 
 RESTORER_DIR = os.path.join(os.path.dirname(__file__), "..", "restorer")
@@ -156,6 +156,29 @@ def test_restorer_rebuilds_a_synthetic_task(tmp_path, processes):
     status = proc.status(pid)
     assert int(status["SigBlk"], 16) == 1 << (signal.SIGUSR2 - 1)
     assert status["TracerPid"] == "0"
+
+
+def test_regions_of_a_tree_avoid_what_criupy_mapped_since_it_read_its_maps():
+    # criupy reads its own mappings once for every region of a tree; Python may map memory meanwhile
+    own = OwnMappings()
+    dumped = [(CODE_BASE, CODE_BASE + 4096)]
+    first = Region(4096, 0, dumped, own_mappings=own)
+    size = first.size
+    where = find_free_area(size, own.ranges + dumped)  # where the next region would go
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    made_meanwhile = libc.mmap(where, 4096, 0, 0x22 | 0x100000, -1, 0)  # MAP_PRIVATE|ANONYMOUS|FIXED_NOREPLACE
+    assert made_meanwhile == where
+    try:
+        second = Region(4096, 0, dumped, own_mappings=own)
+        assert second.start != where and not (second.start < where + 4096 and where < second.start + second.size)
+        assert second.start + second.size <= first.start or first.start + first.size <= second.start
+        second.unmap()
+    finally:
+        libc.munmap(where, 4096)
+        first.unmap()
 
 
 def test_pid_in_use_is_a_clear_error():

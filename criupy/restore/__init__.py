@@ -64,6 +64,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
     from criupy.restore.files import move_above, open_files
     from criupy.restore.images import open_pages, read_tree
     from criupy.restore.memory import plan_memory
+    from criupy.restore.region import OwnMappings
     from criupy.restore.shmem import open_shared_memory
     from criupy.restore.sysvshm import SysvSegments
     from criupy.restore.task import Restoring, call_restorer
@@ -103,11 +104,12 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
         first_own_fd = max([target for task in live for _, target, _ in opened[task.pid].fds]
                            + [_highest_open_fd()]) + 1
         moved = move_above(list(opened.values()), first_own_fd)
+        own_mappings = OwnMappings()
         for task in live:
             log_fd, go_fd, pages_fd, images_fd = (moved[fd] for fd in own_fds[task.pid])
             regions[task.pid] = prepare.build(task, plans[task.pid], opened[task.pid], pages_fd, log_fd, go_fd,
                                               first_own_fd, verbose=log.isEnabledFor(logging.DEBUG),
-                                              plugin=plugin, images_fd=images_fd)
+                                              plugin=plugin, images_fd=images_fd, own_mappings=own_mappings)
         creation = TreeCreation(tasks, lambda task: call_restorer(regions[task.pid].entry(),
                                                                   regions[task.pid].args_address), helpers)
         restorings = [(Restoring(task.pid, *pipes[task.pid], regions[task.pid].export("restorer_trap"),

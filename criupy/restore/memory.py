@@ -186,12 +186,13 @@ def _match_specials(dumped):
     return [SpecialArea(current=m.start, dumped=v.start, size=m.size) for m, v in zip(current, dumped)]
 
 
-def find_free_area(size, dumped_ranges):
-    """A page-aligned address where size bytes are free both in criupy and in the dumped process.
+def find_free_area(size, taken):
+    """A page-aligned address where size bytes are free of every (start, end) range in taken: criupy's
+    own mappings and the dumped process's.
 
-    The highest such gap is taken, one guard page from everything, below the top of criupy's mappings.
+    The highest such gap is taken, one guard page from everything, below the top of the ranges.
     """
-    taken = sorted([(m.start, m.end) for m in proc.maps() if m.start < TASK_SIZE] + list(dumped_ranges))
+    taken = sorted(taken)
     candidates = []
     previous_end = MMAP_MIN_ADDR
     for start, end in taken + [(TASK_SIZE, TASK_SIZE)]:

@@ -75,9 +75,11 @@ class ThreadArgs:
                 + 2 * PAGE_SIZE)
 
 
-def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=False, plugin=None, images_fd=-1):
+def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=False, plugin=None, images_fd=-1,
+          own_mappings=None):
     """Map the restorer region (with the PIE plugin Blob, if any) and write every argument into it;
-    returns the Region. images_fd is the images directory, for the plugin's hooks."""
+    returns the Region. images_fd is the images directory, for the plugin's hooks; own_mappings the
+    region.OwnMappings that the regions of one tree share."""
     core = task.core
     thread = core.thread_core
     leader = ThreadArgs(task.pid, core)
@@ -94,6 +96,7 @@ def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=Fal
         specials_size,
         [(m.start, m.end) for m in plan.mappings] + [(s.dumped, s.dumped + s.size) for s in plan.specials],
         plugin,
+        own_mappings,
     )
     try:
         _fill(region, task, plan, opened, leader, others, signals, timers, pages_fd, log_fd, go_fd,

@@ -5,14 +5,16 @@ task created by clone3 gets a copy of it at the same address, and criupy drops i
 """
 
 import ctypes
+import errno
 import mmap
 import os
 
+from criupy import proc
 from criupy.blobs import restorer as restorer_module
 from criupy.blobs.loader import Blob, page_round
 from criupy.errors import CriupyError
 from criupy.restore import args as rst
-from criupy.restore.memory import find_free_area
+from criupy.restore.memory import TASK_SIZE, find_free_area
 
 STACK_SIZE = 64 * 1024
 SIGFRAME_SIZE = 32 * 1024  # rt_sigframe + the largest XSAVE area without AMX tiles, with room to spare
@@ -27,21 +29,39 @@ libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 BLOB = Blob(restorer_module)
 
 
+class OwnMappings:
+    """criupy's own mappings as (start, end), read once for all the regions of a tree (reading and
+    parsing /proc/self/maps takes a millisecond or more): each region adds itself, and a mapping Python
+    made meanwhile shows as EEXIST when a region is mapped there, which reads them again."""
+
+    def __init__(self):
+        self.read()
+
+    def read(self):
+        self.ranges = [(m.start, m.end) for m in proc.maps() if m.start < TASK_SIZE]
+
+
 class Region:
     """The restorer mapping in criupy; allocate() hands out its argument space in order."""
 
-    def __init__(self, data_size, parking_size, dumped_ranges, plugin=None):
+    def __init__(self, data_size, parking_size, dumped_ranges, plugin=None, own_mappings=None):
         # A PIE plugin (a Blob) goes right after the restorer, relocated for where it lands.
         self.plugin = plugin
         self.blob_size = BLOB.size + (plugin.size if plugin else 0)
         self.data_size = page_round(data_size)
         self.size = self.blob_size + self.data_size + STACK_SIZE + parking_size
-        self.start = find_free_area(self.size, dumped_ranges)
-        address = libc.mmap(self.start, self.size, mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC,
-                            mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
-        if address != self.start:
+        own_mappings = own_mappings or OwnMappings()
+        for attempt in (1, 2):
+            self.start = find_free_area(self.size, own_mappings.ranges + list(dumped_ranges))
+            address = libc.mmap(self.start, self.size, mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC,
+                                mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+            if address == self.start:
+                break
             err = ctypes.get_errno()
-            raise CriupyError(f"cannot map the restorer at {self.start:#x}: {os.strerror(err)}")
+            if err != errno.EEXIST or attempt == 2:
+                raise CriupyError(f"cannot map the restorer at {self.start:#x}: {os.strerror(err)}")
+            own_mappings.read()
+        own_mappings.ranges.append((self.start, self.start + self.size))
         ctypes.memmove(self.start, BLOB.image(self.start), len(BLOB.code))
         self.plugin_base = self.start + BLOB.size
         if plugin:
