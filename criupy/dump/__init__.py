@@ -31,6 +31,7 @@ from criupy.log import log_to
 
 log = logging.getLogger("criupy.dump")
 
+
 class DumpStats:
     """What goes into stats-dump (times in microseconds, as CRIU counts them)."""
 
