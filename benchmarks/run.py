@@ -15,7 +15,6 @@ checks the restored memory's checksum. Prints the best and median of each figure
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import statistics
