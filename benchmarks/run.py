@@ -369,8 +369,8 @@ def report(results):
                      + notes)
 
 
-def plot(results, path):
-    """Time against size for the memory victims, if matplotlib is installed."""
+def plot(results, sizes, path):
+    """Time against size for the memory victims (sizes: their case names -> MiB), if matplotlib is installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -380,16 +380,17 @@ def plot(results, path):
     figure, axis = plt.subplots()
     series = {}
     for r in results:
-        if r.runs and r.case.endswith(("M", "G")) and not r.error:
-            mib = parse_size(r.case)
+        if r.runs and r.case in sizes and not r.error:
+            mib = sizes[r.case]
             for label, values in ((f"{r.tool} dump {r.target}", [x.dump_wall for x in r.runs]),
                                   (f"{r.tool} restore {r.target}", [x.restore_wall for x in r.runs]),
                                   (f"baseline write {r.target}", [b["write"] for b in r.baseline]),
                                   (f"baseline read {r.target}", [b["read"] for b in r.baseline])):
                 series.setdefault(label, {})[mib] = statistics.median(values)
+    styles = {"baseline": "--", "criu": ":", "criupy": "-"}  # by who: colours alone repeat after ten series
     for label, points in sorted(series.items()):
-        sizes = sorted(points)
-        axis.plot(sizes, [points[s] for s in sizes], marker="o", label=label)
+        mibs = sorted(points)
+        axis.plot(mibs, [points[m] for m in mibs], marker="o", linestyle=styles[label.split()[0]], label=label)
     axis.set_xlabel("MiB")
     axis.set_ylabel("seconds (median)")
     axis.legend(fontsize="small")
@@ -415,6 +416,7 @@ def main():
 
     sys.path.insert(0, str(REPO))
     cases = [Case(size.upper(), parse_size(size)) for size in args.sizes.split(",") if size]
+    memory_sizes = {case.name: case.mib for case in cases}  # the cases the plot shows, before the extras
     if not args.no_extras:
         cases += [Case("counter", 0, counter=True), Case("100 threads 256M", 256, threads=100),
                   Case("20 procs 16M", 16, children=19)]
@@ -468,7 +470,7 @@ def main():
     with open(args.json, "w") as f:
         json.dump([dict(asdict(r), runs=[asdict(x) for x in r.runs]) for r in results], f, indent=1)
     print(f"results in {args.json}" + (", plot in benchmark-results.png"
-                                       if plot(results, "benchmark-results.png") else ""))
+                                       if plot(results, memory_sizes, "benchmark-results.png") else ""))
 
 
 if __name__ == "__main__":
