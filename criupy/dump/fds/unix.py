@@ -40,7 +40,7 @@ SOCKET_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram"}
 
 
 class UnixSocket:
-    """One unix socket as sock_diag reports it; name, peer and shutdown come from its attributes."""
+    """One unix socket as sock_diag reports it; name, peer and shutdown are filled in from its attributes."""
 
     def __init__(self, ino, type, state):
         self.ino = ino
