@@ -86,31 +86,29 @@ def copy_regs(regs):
     return copy
 
 
+def _with_proc_mem(pid, flags, call):
+    """call(fd) on the tracee's /proc/PID/mem opened with flags; None where opening or the call fails."""
+    with contextlib.suppress(OSError):
+        fd = os.open(PROC_MEM.format(pid=pid), flags | os.O_CLOEXEC)
+        try:
+            return call(fd)
+        finally:
+            os.close(fd)
+    return None
+
+
 def read_memory(pid, address, size):
     """size bytes of the tracee's memory at address: one read of /proc/PID/mem, or, where that does not
     give them all, a word at a time with PTRACE_PEEKDATA (whose errors are the caller's: PtraceError)."""
-    data = b""
-    with contextlib.suppress(OSError):
-        fd = os.open(PROC_MEM.format(pid=pid), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.pread(fd, size, address)
-        finally:
-            os.close(fd)
-    return data if len(data) == size else _peek(pid, address, size)
+    data = _with_proc_mem(pid, os.O_RDONLY, lambda fd: os.pread(fd, size, address))
+    return data if data is not None and len(data) == size else _peek(pid, address, size)
 
 
 def write_memory(pid, address, data):
     """Write data into the tracee's memory (even read-only text: both ways write through a private copy):
     one write of /proc/PID/mem, or, where that is refused (a kernel that forbids forced writes there),
     a word at a time with PTRACE_POKEDATA."""
-    written = 0
-    with contextlib.suppress(OSError):
-        fd = os.open(PROC_MEM.format(pid=pid), os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            written = os.pwrite(fd, data, address)
-        finally:
-            os.close(fd)
-    if written != len(data):
+    if _with_proc_mem(pid, os.O_WRONLY, lambda fd: os.pwrite(fd, data, address)) != len(data):
         _poke(pid, address, data)
 
 
