@@ -115,14 +115,55 @@ static void unregister_criupy_rseq(struct rst_args *a)
 }
 
 
-/* Everything below and above our own mapping goes: criupy's Python, its heap, its stack. */
+/*
+ * Memory a task shares copy-on-write with its parent was made and filled before the fork, away from
+ * the dumped layout (criupy/restore/cow.py): moved into place before the tear-down, over whatever of
+ * criupy's is there, and the tear-down keeps it.
+ */
+static void move_premapped_vmas(struct rst_args *a)
+{
+	struct rst_vma *v = (void *)a->vmas;
+
+	for (unsigned i = 0; i < a->nr_vmas; i++) {
+		unsigned long len = v[i].end - v[i].start;
+
+		if (v[i].premapped)
+			must(sys_call5(__NR_mremap, v[i].premapped, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, v[i].start),
+			     "moving the premapped memory at %lx to %lx", (unsigned long)v[i].premapped,
+			     (unsigned long)v[i].start);
+	}
+}
+
+/*
+ * Everything but our own mapping and the memory moved into place goes: criupy's Python, its heap, its
+ * stack. Both are kept ranges in address order (the mappings are sorted); the gaps between go.
+ */
 static void unmap_everything_else(struct rst_args *a)
 {
-	unsigned long region_end = a->region_start + a->region_size;
+	struct rst_vma *v = (void *)a->vmas;
+	unsigned long from = 0, keep_start, keep_end;
+	unsigned i = 0;
+	int region_kept = 0;
 
-	if (a->region_start)
-		must(sys_munmap(0, a->region_start), "unmapping below the restorer");
-	must(sys_munmap((void *)region_end, a->task_size - region_end), "unmapping above the restorer");
+	for (;;) {
+		while (i < a->nr_vmas && !v[i].premapped)
+			i++;
+		if (!region_kept && (i == a->nr_vmas || a->region_start < v[i].start)) {
+			keep_start = a->region_start;
+			keep_end = a->region_start + a->region_size;
+			region_kept = 1;
+		} else if (i < a->nr_vmas) {
+			keep_start = v[i].start;
+			keep_end = v[i].end;
+			i++;
+		} else {
+			break;
+		}
+		if (keep_start > from)
+			must(sys_munmap((void *)from, keep_start - from), "unmapping %lx-%lx", from, keep_start);
+		from = keep_end;
+	}
+	must(sys_munmap((void *)from, a->task_size - from), "unmapping above %lx", from);
 }
 
 #define SHM_RDONLY 010000
@@ -149,6 +190,8 @@ static void map_vmas(struct rst_args *a)
 		int prot = v[i].prot | (v[i].fill ? PROT_WRITE : 0);
 		long addr;
 
+		if (v[i].premapped)
+			continue; /* in place already */
 		if (v[i].sysv)
 			addr = attach_sysv(&v[i]);
 		else
@@ -296,52 +339,60 @@ static void copy_pages(long uffd, struct pages_window *w, unsigned long address,
  * mapping of pages-N.img: the kernel makes each page and copies into it, where MADV_POPULATE_WRITE
  * and preadv write each page twice (zeroed, then read into); about 0.7 times the time for 1 GiB
  * from tmpfs here.  Pages of private file mappings, and all pages when userfaultfd is not to be had
- * (an older kernel, a seccomp filter), are read with preadv.
+ * (an older kernel, a seccomp filter), are read with preadv.  Premapped memory has its pages already:
+ * the runs leave them out.
  */
 static void fill_pages(struct rst_args *a)
 {
-	struct iovec *iov = (void *)a->iovs;
+	struct rst_page_run *runs = (void *)a->page_runs;
 	struct rst_vma *v = (void *)a->vmas;
 	struct pages_window window = { .fd = a->pages_fd };
-	unsigned long offset = 0;
-	unsigned vma = 0;
 	long uffd = open_userfaultfd(a);
+	unsigned vma = 0;
 
-	if (uffd < 0) {
+	if (uffd < 0)
 		pr_debug("restorer: pages read with preadv (no userfaultfd: errno %ld)", -uffd);
-		read_pages(a->pages_fd, iov, a->nr_iovs, 0);
-		return;
-	}
-	pr_debug("restorer: private anonymous pages copied with UFFDIO_COPY");
-	/* Vectors and mappings are both in address order; a vector may span several mappings. */
-	for (unsigned long i = 0; i < a->nr_iovs; i++) {
-		unsigned long address = (unsigned long)iov[i].iov_base;
-		unsigned long end = address + iov[i].iov_len;
+	else
+		pr_debug("restorer: private anonymous pages copied with UFFDIO_COPY");
+	for (unsigned r = 0; r < a->nr_page_runs; r++) {
+		struct iovec *iov = (struct iovec *)a->iovs + runs[r].first_iov;
+		unsigned long offset = runs[r].offset;
 
-		while (address < end) {
-			unsigned long piece;
+		if (uffd < 0) {
+			read_pages(a->pages_fd, iov, runs[r].nr_iovs, offset);
+			continue;
+		}
+		/* Runs, vectors and mappings are all in address order; a vector may span several mappings. */
+		for (unsigned long i = 0; i < runs[r].nr_iovs; i++) {
+			unsigned long address = (unsigned long)iov[i].iov_base;
+			unsigned long end = address + iov[i].iov_len;
 
-			while (vma < a->nr_vmas && v[vma].end <= address)
-				vma++;
-			if (vma == a->nr_vmas || v[vma].start > address) {
-				pr_err("restorer: pages at %lx are outside every mapping", address);
-				fail();
+			while (address < end) {
+				unsigned long piece;
+
+				while (vma < a->nr_vmas && v[vma].end <= address)
+					vma++;
+				if (vma == a->nr_vmas || v[vma].start > address) {
+					pr_err("restorer: pages at %lx are outside every mapping", address);
+					fail();
+				}
+				piece = (end < v[vma].end ? end : v[vma].end) - address;
+				if (copied_by_userfaultfd(&v[vma])) {
+					copy_pages(uffd, &window, address, piece, offset);
+				} else {
+					struct iovec one = { (void *)address, piece };
+
+					read_pages(a->pages_fd, &one, 1, offset);
+				}
+				address += piece;
+				offset += piece;
 			}
-			piece = (end < v[vma].end ? end : v[vma].end) - address;
-			if (copied_by_userfaultfd(&v[vma])) {
-				copy_pages(uffd, &window, address, piece, offset);
-			} else {
-				struct iovec one = { (void *)address, piece };
-
-				read_pages(a->pages_fd, &one, 1, offset);
-			}
-			address += piece;
-			offset += piece;
 		}
 	}
 	if (window.start)
 		sys_munmap(window.start, PAGES_WINDOW_SIZE);
-	sys_close(uffd); /* drops the registrations */
+	if (uffd >= 0)
+		sys_close(uffd); /* drops the registrations */
 }
 
 static void finish_vmas(struct rst_args *a)
@@ -351,7 +402,7 @@ static void finish_vmas(struct rst_args *a)
 	for (unsigned i = 0; i < a->nr_vmas; i++) {
 		unsigned long len = v[i].end - v[i].start;
 
-		if (v[i].fill && !(v[i].prot & PROT_WRITE))
+		if ((v[i].fill && !(v[i].prot & PROT_WRITE)) || v[i].premapped)
 			must(sys_mprotect((void *)v[i].start, len, v[i].prot), "mprotect of %lx",
 			     (unsigned long)v[i].start);
 		for (int advice = 0; advice < 64; advice++)
@@ -645,6 +696,7 @@ void __attribute__((noreturn)) restorer_main(struct rst_args *a)
 
 	unregister_criupy_rseq(a);
 	park_special_vmas(a);
+	move_premapped_vmas(a);
 	unmap_everything_else(a);
 	map_vmas(a);
 	fill_pages(a);

@@ -30,6 +30,14 @@ struct rst_vma {
 	__u64 madv;   /* bit N set: madvise(start, len, N) */
 	__u32 sysv;   /* 1: fd is the id of a SysV segment, attached here with shmat */
 	__u32 pad;
+	__u64 premapped; /* private anonymous memory made and filled before the fork, at this address, away
+			    from the dumped layout (shared copy-on-write with the parent): moved here; 0: none */
+};
+
+/* Pages of pages-N.img that go in one after the other: iovs[first_iov..] read from offset on. */
+struct rst_page_run {
+	__u64 offset;
+	__u32 first_iov, nr_iovs;
 };
 
 /* [vvar], [vvar_vclock], [vdso]: the kernel's own areas are moved, never mapped anew. */
@@ -146,8 +154,10 @@ struct rst_args {
 
 	__u64 vmas;      /* struct rst_vma[nr_vmas], in address order */
 	__u32 nr_vmas, pad1;
-	__u64 iovs;      /* struct iovec[nr_iovs]: pages_fd is read into them in order, from offset 0 */
+	__u64 iovs;      /* struct iovec[nr_iovs], in runs: each run's vectors take its pages in order */
 	__u32 nr_iovs, pad2;
+	__u64 page_runs; /* struct rst_page_run[nr_page_runs] */
+	__u32 nr_page_runs, pad_runs;
 	__u64 specials;  /* struct rst_special_vma[nr_specials] */
 	__u32 nr_specials, pad3;
 	__u64 fds;       /* struct rst_fd[nr_fds] */

@@ -37,7 +37,7 @@ def test_argument_layout_matches_restorer_h(tmp_path):
         + 'printf("size %zu\\n", sizeof(struct rst_args));\n'
         + "".join(f'printf("thread.{n} %zu\\n", offsetof(struct rst_thread, {n}));\n' for n in thread_fields)
         + "".join(f'printf("{c} %zu\\n", sizeof(struct {s}));\n' for c, s in (
-            ("Vma", "rst_vma"), ("SpecialVma", "rst_special_vma"), ("Fd", "rst_fd"),
+            ("Vma", "rst_vma"), ("PageRun", "rst_page_run"), ("SpecialVma", "rst_special_vma"), ("Fd", "rst_fd"),
             ("PosixTimer", "rst_posix_timer"), ("Signal", "rst_signal"), ("Creds", "rst_creds"),
             ("Thread", "rst_thread")))
         + "return 0; }\n"
@@ -48,7 +48,7 @@ def test_argument_layout_matches_restorer_h(tmp_path):
     py_layout += f"size {ctypes.sizeof(rst.Args)}\n"
     py_layout += "".join(f"thread.{n} {getattr(rst.Thread, n).offset}\n" for n in thread_fields)
     py_layout += "".join(f"{c} {ctypes.sizeof(getattr(rst, c))}\n"
-                         for c in ("Vma", "SpecialVma", "Fd", "PosixTimer", "Signal", "Creds", "Thread"))
+                         for c in ("Vma", "PageRun", "SpecialVma", "Fd", "PosixTimer", "Signal", "Creds", "Thread"))
     assert c_layout == py_layout
 
 
@@ -77,7 +77,7 @@ def _restore_synthetic(pid, output_fd, code, pages_path):
     base = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
     own = [os.dup2(fd, base + i) for i, fd in enumerate((pages_read, output_fd, log_write, go_read))]
 
-    region = Region(data_size(1, 1, len(specials), 1, 0, 0, 0, 576), sum(s.size for s in specials),
+    region = Region(data_size(1, 1, 1, len(specials), 1, 0, 0, 0, 576), sum(s.size for s in specials),
                     [(CODE_BASE, CODE_BASE + 4096)])
     a = rst.Args.from_address(region.allocate(ctypes.sizeof(rst.Args), 64))
     a.region_start, a.region_size, a.stack_top, a.task_size = region.start, region.size, region.stack_top, TASK_SIZE
@@ -87,6 +87,7 @@ def _restore_synthetic(pid, output_fd, code, pages_path):
     a.nr_vmas = 1
     a.iovs = region.array(rst.Iovec, [dict(base=CODE_BASE, len=4096)])
     a.nr_iovs = 1
+    a.page_runs, a.nr_page_runs = region.array(rst.PageRun, [dict(offset=0, first_iov=0, nr_iovs=1)]), 1
     parked = region.parking
     placed = []
     for s in specials:

@@ -483,3 +483,55 @@ def test_pie_plugin_hooks_run_once_in_every_restored_process(victim, processes, 
     assert sorted(pre) == [(pid, pid) for pid in living]  # single-threaded processes: one call each
     post = [int(m[1]) for m in re.finditer(r"plugin-marker post_restore_vmas pid (\d+)", text)]
     assert sorted(post) == living
+
+
+def region_memory(pid, address):
+    """(Private_Dirty, Shared_Dirty) in KiB of the mapping of pid that starts at address, from smaps."""
+    fields = {}
+    inside = False
+    for line in open(f"/proc/{pid}/smaps"):
+        if line[:1] in "0123456789abcdef":
+            inside = int(line.split("-")[0], 16) == address
+        elif inside and line.split(":")[0] in ("Private_Dirty", "Shared_Dirty"):
+            fields[line.split(":")[0]] = int(line.split()[1])
+    return fields["Private_Dirty"], fields["Shared_Dirty"]
+
+
+@pytest.mark.parametrize("by_userfaultfd", [True, False])
+def test_a_restored_tree_shares_private_memory_copy_on_write_as_it_did(by_userfaultfd, victim, processes, trees,
+                                                                       tmp_path, monkeypatch):
+    """Children forked from one parent share its pages until they write: restored, each process's region
+    takes the private and shared memory it took before (not a copy each), and holds what it held; the
+    restorers fill the rest of the memory (with UFFDIO_COPY, and with preadv)."""
+    from criupy.restore import prepare
+
+    monkeypatch.setattr(prepare, "PAGES_BY_USERFAULTFD", by_userfaultfd)
+    output = tmp_path / "cow.out"
+    with open(output, "w") as out:
+        root = processes.start([victim("cow_tree")], stdout=out, start_new_session=True, **QUIET)
+    trees.append(root.pid)
+    wait_for(lambda: len([line for line in lines(output) if line.startswith("ready")]) == 4, "the tree to start")
+    ready = {int(pid): int(address, 16) for _, pid, address in (line.split() for line in lines(output))}
+
+    def sums():
+        count = len(numbered(output, "sum"))
+        for pid in ready:
+            os.kill(pid, signal.SIGUSR1)
+        wait_for(lambda: len(numbered(output, "sum")) == count + 4, "every process's checksum")
+        return {int(pid): value for tag, pid, value in (line.split() for line in lines(output)[-4:])}
+
+    sums_before = sums()
+    memory_before = {pid: region_memory(pid, address) for pid, address in ready.items()}
+    maps_before = {pid: proc.maps(pid) for pid in ready}
+    children = proc.children(root.pid)
+    b = next(pid for pid in children if proc.children(pid))
+    a = next(pid for pid in children if pid != b)
+    assert sums_before[a] != sums_before[root.pid] and sums_before[b] not in (sums_before[a], sums_before[root.pid])
+    assert memory_before[a][1] > 4096  # A shares most of its 8 MiB with P
+
+    images = tmp_path / "images"
+    dump_tree(root, images)
+    restore(str(images), detach=True)
+    assert {pid: region_memory(pid, address) for pid, address in ready.items()} == memory_before
+    assert {pid: proc.maps(pid) for pid in ready} == maps_before
+    assert sums() == sums_before

@@ -15,6 +15,7 @@ Steps, each in its module:
   sysvshm  SysV shared memory segments, made again with their key and id, attached by each restorer
   files    open the dumped files (checked against the dump), pipes and ptys (refilled), once per
            file description however many tasks share it; a shell job's terminal is criupy's own
+  cow      what a child shares with its parent copy-on-write: premapped by the parent before the fork
   prepare  each task's restorer mapping: blob + arguments, at an address free here and in its dump
   tree     clone3 with the dumped PIDs, parents, sessions and groups (tasks.py's clone_with_pid)
   task     let every task's restorer go, then trace each through it to the dumped code, unmap it, detach
@@ -58,7 +59,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
     from criupy.blobs.loader import load_plugin
     from criupy.images import ImagesDir
     from criupy.infect import hook
-    from criupy.restore import prepare
+    from criupy.restore import cow, prepare
     from criupy.restore.args import Args
     from criupy.restore.fds import tty
     from criupy.restore.files import move_above, open_files
@@ -84,6 +85,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
     pipes = {}  # pid -> (log read, go write): criupy's ends of the task's log and go pipes
     own_fds = {}  # pid -> (log write, go read, pages, images dir): the task's ends, held for it
     regions = {}
+    premaps = None
     segments = SysvSegments()
     try:
         segments.create(ImagesDir(images_dir, "r"))
@@ -105,13 +107,17 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
                            + [_highest_open_fd()]) + 1
         moved = move_above(list(opened.values()), first_own_fd)
         own_mappings = OwnMappings()
+        premaps = cow.plan(tasks, plans, own_mappings)
         for task in live:
             log_fd, go_fd, pages_fd, images_fd = (moved[fd] for fd in own_fds[task.pid])
-            regions[task.pid] = prepare.build(task, plans[task.pid], opened[task.pid], pages_fd, log_fd, go_fd,
-                                              first_own_fd, verbose=log.isEnabledFor(logging.DEBUG),
+            if task.pid in premaps.tasks:
+                premaps.tasks[task.pid].pages_fd = pages_fd
+            regions[task.pid] = prepare.build(task, premaps.plans[task.pid], opened[task.pid], pages_fd, log_fd,
+                                              go_fd, first_own_fd, verbose=log.isEnabledFor(logging.DEBUG),
                                               plugin=plugin, images_fd=images_fd, own_mappings=own_mappings)
         creation = TreeCreation(tasks, lambda task: call_restorer(regions[task.pid].entry(),
-                                                                  regions[task.pid].args_address), helpers)
+                                                                  regions[task.pid].args_address), helpers,
+                                premaps.premap)
         restorings = [(Restoring(task.pid, *pipes[task.pid], regions[task.pid].export("restorer_trap"),
                                  regions[task.pid].export("restorer_syscall"),
                                  regions[task.pid].args_address + Args.own_rseq.offset,
@@ -135,6 +141,8 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
         any_opened.close()  # the tasks have their own copies now
         for region in regions.values():
             region.unmap()
+        if premaps:
+            premaps.release()
 
     try:
         for restoring, _, _, _ in restorings:

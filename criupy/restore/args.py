@@ -26,7 +26,12 @@ class Vma(Struct):
     _fields_ = [
         ("start", u64), ("end", u64), ("pgoff", u64),
         ("prot", u32), ("flags", u32), ("fd", s32), ("fill", u32), ("madv", u64), ("sysv", u32), ("pad", u32),
+        ("premapped", u64),
     ]
+
+
+class PageRun(Struct):
+    _fields_ = [("offset", u64), ("first_iov", u32), ("nr_iovs", u32)]
 
 
 class SpecialVma(Struct):
@@ -120,6 +125,7 @@ class Args(Struct):
         ("log_level", u32), ("pages_by_userfaultfd", u32),
         ("vmas", u64), ("nr_vmas", u32), ("pad1", u32),
         ("iovs", u64), ("nr_iovs", u32), ("pad2", u32),
+        ("page_runs", u64), ("nr_page_runs", u32), ("pad_runs", u32),
         ("specials", u64), ("nr_specials", u32), ("pad3", u32),
         ("fds", u64), ("nr_fds", u32), ("pad4", u32),
         ("umask", u32), ("personality", u32), ("cwd_fd", s32), ("root_fd", s32),

@@ -62,6 +62,7 @@ class Mapping(NamedTuple):
     madv: int
     sysv_id: int | None = None  # a SysV segment's id: the restorer attaches it
     fill: bool = False   # pages of pages-N.img go in
+    premapped: int = 0   # made and filled before the fork at this address (criupy.restore.cow); 0: not
 
 
 class SpecialArea(NamedTuple):
@@ -162,6 +163,43 @@ def _page_vectors(task, mappings):
             vectors.append((start, length))
         total += length
     return vectors, total
+
+
+def file_pieces(plan):
+    """The page vectors cut where mappings end: (mapping index, address, length, offset in pages-N.img),
+    in the order of the file (and of addresses)."""
+    index = 0
+    offset = 0
+    for address, length in plan.iovecs:
+        end = address + length
+        while address < end:  # _page_vectors checked that every page is in a mapping
+            while plan.mappings[index].end <= address:
+                index += 1
+            piece = min(end, plan.mappings[index].end) - address
+            yield index, address, piece, offset
+            address += piece
+            offset += piece
+
+
+def restorer_pages(plan):
+    """What the restorer reads: (iovecs, runs), a run being (offset in pages-N.img, first vector, number of
+    vectors) of pages one after the other in the file. Premapped mappings have their pages already."""
+    iovecs = []
+    runs = []
+    next_offset = None  # where the last run's pages end in the file
+    for index, address, length, offset in file_pieces(plan):
+        if plan.mappings[index].premapped:
+            continue
+        if offset != next_offset:
+            runs.append((offset, len(iovecs), 0))
+            iovecs.append((address, length))
+        elif iovecs[-1][0] + iovecs[-1][1] == address:
+            iovecs[-1] = (iovecs[-1][0], iovecs[-1][1] + length)
+        else:
+            iovecs.append((address, length))
+        runs[-1] = (runs[-1][0], runs[-1][1], len(iovecs) - runs[-1][1])
+        next_offset = offset + length
+    return iovecs, runs
 
 
 @functools.cache

@@ -6,7 +6,7 @@ import signal
 from criupy import xsave
 from criupy.errors import CriupyError
 from criupy.restore import args as rst
-from criupy.restore.memory import PAGE_SIZE, TASK_SIZE
+from criupy.restore.memory import PAGE_SIZE, TASK_SIZE, restorer_pages
 from criupy.restore.region import SIGFRAME_SIZE, THREAD_STACK_SIZE, Region, data_size
 
 PIE_LOG_INFO = 3
@@ -88,9 +88,10 @@ def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=Fal
     timers = list(core.tc.timers.posix) if core.tc.HasField("timers") else []
     groups = list(thread.creds.groups) if thread.HasField("creds") else []
     specials_size = sum(s.size for s in plan.specials)
+    iovecs, runs = restorer_pages(plan)
 
     region = Region(
-        data_size(len(plan.mappings), len(plan.iovecs), len(plan.specials), len(opened.fds), len(timers),
+        data_size(len(plan.mappings), len(iovecs), len(runs), len(plan.specials), len(opened.fds), len(timers),
                   len(signals) + len(leader.signals), len(groups), len(leader.xsave))
         + sum(t.size() for t in others),
         specials_size,
@@ -99,7 +100,7 @@ def build(task, plan, opened, pages_fd, log_fd, go_fd, first_own_fd, verbose=Fal
         own_mappings,
     )
     try:
-        _fill(region, task, plan, opened, leader, others, signals, timers, pages_fd, log_fd, go_fd,
+        _fill(region, task, plan, iovecs, runs, opened, leader, others, signals, timers, pages_fd, log_fd, go_fd,
               first_own_fd, verbose)
         _fill_plugin(region, images_fd)
     except BaseException:
@@ -159,7 +160,7 @@ def _fill_thread(region, slot, thread_args, with_stack):
             _fill_creds(region, rst.Creds.from_address(slot.creds), thread.creds)
 
 
-def _fill(region, task, plan, opened, leader, others, signals, timers, pages_fd, log_fd, go_fd,
+def _fill(region, task, plan, iovecs, runs, opened, leader, others, signals, timers, pages_fd, log_fd, go_fd,
           first_own_fd, verbose):
     core = task.core
     thread = core.thread_core
@@ -173,11 +174,15 @@ def _fill(region, task, plan, opened, leader, others, signals, timers, pages_fd,
 
     a.vmas = region.array(rst.Vma, (
         dict(start=m.start, end=m.end, pgoff=m.pgoff, prot=m.prot, flags=m.flags,
-             fd=_mapping_fd(m, opened), fill=int(m.fill), madv=m.madv, sysv=int(m.sysv_id is not None))
+             fd=_mapping_fd(m, opened), fill=int(m.fill and not m.premapped), madv=m.madv,
+             sysv=int(m.sysv_id is not None), premapped=m.premapped)
         for m in plan.mappings))
     a.nr_vmas = len(plan.mappings)
-    a.iovs = region.array(rst.Iovec, (dict(base=base, len=length) for base, length in plan.iovecs))
-    a.nr_iovs = len(plan.iovecs)
+    a.iovs = region.array(rst.Iovec, (dict(base=base, len=length) for base, length in iovecs))
+    a.nr_iovs = len(iovecs)
+    a.page_runs = region.array(rst.PageRun, (dict(offset=offset, first_iov=first, nr_iovs=count)
+                                             for offset, first, count in runs))
+    a.nr_page_runs = len(runs)
     parked = region.parking
     specials = []
     for s in plan.specials:

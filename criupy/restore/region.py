@@ -31,14 +31,29 @@ BLOB = Blob(restorer_module)
 
 class OwnMappings:
     """criupy's own mappings as (start, end), read once for all the regions of a tree (reading and
-    parsing /proc/self/maps takes a millisecond or more): each region adds itself, and a mapping Python
-    made meanwhile shows as EEXIST when a region is mapped there, which reads them again."""
+    parsing /proc/self/maps takes a millisecond or more): each mapping made by map_free_area adds itself,
+    and a mapping Python made meanwhile shows as EEXIST when one is mapped there, which reads them again."""
 
     def __init__(self):
         self.read()
 
     def read(self):
         self.ranges = [(m.start, m.end) for m in proc.maps() if m.start < TASK_SIZE]
+
+    def map_free_area(self, size, prot, flags, avoid, what):
+        """Map size bytes of anonymous memory where nothing of criupy's is, nor any (start, end) of avoid;
+        returns the address. what names the mapping in the error."""
+        for attempt in (1, 2):
+            start = find_free_area(size, self.ranges + list(avoid))
+            address = libc.mmap(start, size, prot, flags | mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                                -1, 0)
+            if address == start:
+                self.ranges.append((start, start + size))
+                return start
+            err = ctypes.get_errno()
+            if err != errno.EEXIST or attempt == 2:
+                raise CriupyError(f"cannot map {what} at {start:#x}: {os.strerror(err)}")
+            self.read()
 
 
 class Region:
@@ -51,17 +66,8 @@ class Region:
         self.data_size = page_round(data_size)
         self.size = self.blob_size + self.data_size + STACK_SIZE + parking_size
         own_mappings = own_mappings or OwnMappings()
-        for attempt in (1, 2):
-            self.start = find_free_area(self.size, own_mappings.ranges + list(dumped_ranges))
-            address = libc.mmap(self.start, self.size, mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC,
-                                mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
-            if address == self.start:
-                break
-            err = ctypes.get_errno()
-            if err != errno.EEXIST or attempt == 2:
-                raise CriupyError(f"cannot map the restorer at {self.start:#x}: {os.strerror(err)}")
-            own_mappings.read()
-        own_mappings.ranges.append((self.start, self.start + self.size))
+        self.start = own_mappings.map_free_area(self.size, mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC, 0,
+                                                dumped_ranges, "the restorer")
         ctypes.memmove(self.start, BLOB.image(self.start), len(BLOB.code))
         self.plugin_base = self.start + BLOB.size
         if plugin:
@@ -111,11 +117,12 @@ class Region:
             self.start = 0
 
 
-def data_size(nr_vmas, nr_iovecs, nr_specials, nr_fds, nr_timers, nr_signals, nr_groups, xsave_size):
+def data_size(nr_vmas, nr_iovecs, nr_runs, nr_specials, nr_fds, nr_timers, nr_signals, nr_groups, xsave_size):
     """Bytes of argument area for these counts, alignment slack included."""
     s = ctypes.sizeof
     return (
-        s(rst.Args) + nr_vmas * s(rst.Vma) + nr_iovecs * s(rst.Iovec) + nr_specials * s(rst.SpecialVma)
+        s(rst.Args) + nr_vmas * s(rst.Vma) + nr_iovecs * s(rst.Iovec) + nr_runs * s(rst.PageRun)
+        + nr_specials * s(rst.SpecialVma)
         + nr_fds * s(rst.Fd) + nr_timers * s(rst.PosixTimer) + nr_signals * s(rst.Signal) + nr_groups * 4
         + xsave_size + SIGFRAME_SIZE + 16 * 64 + mmap.PAGESIZE
     )

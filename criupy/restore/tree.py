@@ -7,7 +7,8 @@ anything else, becomes what the dump recorded, in the order CRIU's restore_task_
   - a group whose leader is gone gets a helper with the leader's PID (CRIU's TASK_HELPER), made by
     the session's leader before its children; its members join as they are made, and once all are
     in (criupy releases the helpers) the helper exits and its host reaps it;
-  - it creates its children, each the same way (so their parent is the dumped one);
+  - it premaps the memory its children share with it (criupy.restore.cow), and creates its children,
+    each the same way (so their parent is the dumped one);
   - a zombie exits at once with its dumped status; its parent waits until it has (without reaping
     it) and takes the SIGCHLD it sent, which the dumped parent had seen already;
   - then it calls its own restorer, which waits for criupy's go. A task in a group led by another
@@ -78,11 +79,13 @@ def _exit_as(status):
 class TreeCreation:
     """The tasks' creation; created lists every PID made so far (kill_all() ends them)."""
 
-    def __init__(self, tasks, start_restorer, helpers=None):
+    def __init__(self, tasks, start_restorer, helpers=None, before_children=None):
         """start_restorer(task): jump into the task's restorer (in the new task; never returns).
-        helpers: {pgid: host PID} from check_tree."""
+        helpers: {pgid: host PID} from check_tree. before_children(task): runs in the new task before it
+        creates its children (criupy.restore.cow premaps what they share with it)."""
         self.tasks = tasks
         self.start_restorer = start_restorer
+        self.before_children = before_children
         self.children = {task.pid: [] for task in tasks}
         for task in tasks[1:]:
             self.children[task.ppid].append(task)
@@ -156,6 +159,8 @@ class TreeCreation:
             if task.pgid in self.helpers:
                 os.setpgid(0, task.pgid)
             self._report(f"={task.pid}")
+            if self.before_children:
+                self.before_children(task)
             for child in self.children[task.pid]:
                 pid = clone_with_pid(child.pid, lambda child=child: self._become(child))
                 self._report(f"+{pid}")
