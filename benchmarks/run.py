@@ -55,6 +55,8 @@ class Run:
     dump_cpu: float = None     # user + system time of the command: less swayed by a busy machine than wall
     restore_cpu: float = None
     verified: bool = False
+    dumped_pss_kib: int = None    # memory of the victim's tree (its Pss summed) before the dump
+    restored_pss_kib: int = None  # and of the restored tree: a copy each of what processes shared would show
 
 
 @dataclass
@@ -144,6 +146,16 @@ def descendants(pid):
     for child in list(found):
         found += descendants(child)
     return found
+
+
+def tree_pss_kib(pid):
+    """The memory PID and its descendants take: their Pss (each shared page counted once in all), in KiB."""
+    total = 0
+    for member in [pid] + descendants(pid):
+        for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
 
 
 def kill_tree(pid):
@@ -280,6 +292,7 @@ def one_run(tool, programs, case, work_dir, images):
     restored = None
     try:
         images.mkdir()
+        run.dumped_pss_kib = tree_pss_kib(victim.pid)
         status, run.dump_wall, run.dump_maxrss_kib, line, run.dump_cpu = tool.dump(victim.pid, images)
         if status:
             return run, (Criu.failure(images, line, "dump.log") if isinstance(tool, Criu) else line) or "dump failed"
@@ -298,6 +311,7 @@ def one_run(tool, programs, case, work_dir, images):
         run.verified = victim.verify_restored(restored)
         if not run.verified:
             return run, "restored memory or output differs from the dumped one"
+        run.restored_pss_kib = tree_pss_kib(restored)
         return run, None
     finally:
         victim.reap_dumped()
@@ -331,6 +345,12 @@ def fmt_time(s):
     return f"{s * 1000:.1f}ms" if s < 1 else f"{s:.2f}s"
 
 
+def fmt_memory(dumped_kib, restored_kib):
+    if dumped_kib is None or restored_kib is None:
+        return "-"
+    return f"{dumped_kib / 1024:.0f}/{restored_kib / 1024:.0f} MiB"
+
+
 def fmt_pair(pair, fmt=fmt_time):
     return "-" if pair is None else f"{fmt(pair['best'])} / {fmt(pair['median'])}"
 
@@ -344,7 +364,8 @@ def ratio(pair, base):
 def report(results):
     """The table: each figure as best / median over the repeats, with its baseline and the ratios of medians."""
     header = ("case", "target", "tool", "dump wall", "frozen", "mem write", "baseline write", "write/base",
-              "frozen/base", "restore wall", "baseline read", "restore/base", "cpu dump/restore", "peak RSS dump/restore")
+              "frozen/base", "restore wall", "baseline read", "restore/base", "cpu dump/restore", "peak RSS dump/restore",
+              "victim memory dumped/restored")
     rows, notes = [header], []
     for r in results:
         if r.runs:
@@ -359,13 +380,16 @@ def report(results):
                          ratio(frozen, write), fmt_pair(restore_wall), fmt_pair(read), ratio(restore_wall, read),
                          f"{fmt_time(median([x.dump_cpu for x in r.runs]))}/"
                          f"{fmt_time(median([x.restore_cpu for x in r.runs]))}",
-                         f"{rss[0] // 1024}/{rss[1] // 1024} MiB"))
+                         f"{rss[0] // 1024}/{rss[1] // 1024} MiB",
+                         fmt_memory(median([x.dumped_pss_kib for x in r.runs]),
+                                    median([x.restored_pss_kib for x in r.runs]))))
         if r.error:
             error = r.error.removeprefix("criupy: ")
             notes.append(f"{r.case} {r.target} {r.tool}: {error[:150]}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines + ["", "times: best / median of the repeats; ratios: of the medians; cpu: median user+system"]
+    return "\n".join(lines + ["", "times: best / median of the repeats; ratios: of the medians; cpu: median user+system; "
+                                "victim memory: median Pss of its tree"]
                      + notes)
 
 
