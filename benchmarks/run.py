@@ -314,9 +314,9 @@ def one_run(tool, programs, case, work_dir, images):
         run.restored_pss_kib = tree_pss_kib(restored)
         return run, None
     finally:
-        victim.reap_dumped()
-        if restored:
+        if restored:  # first: the restored tree has the dumped PIDs, which reap_dumped waits to see gone
             kill_tree(restored)
+        victim.reap_dumped()
         shutil.rmtree(images, ignore_errors=True)
         reap_orphans()
 
