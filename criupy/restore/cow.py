@@ -20,6 +20,7 @@ import os
 from typing import NamedTuple
 
 from criupy.errors import CriupyError
+from criupy.libc import MAP_FAILED, libc
 from criupy.restore.memory import MAP_GROWSDOWN, MAP_NORESERVE, PAGE_SIZE, file_pieces
 
 PROT_NONE = 0
@@ -28,13 +29,6 @@ MADV_DONTNEED = 4
 MADV_POPULATE_WRITE = 23
 COMPARE_CHUNK = 64 * PAGE_SIZE  # compared at once; only a chunk that differs is compared page by page
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
-libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-libc.memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 class Area(NamedTuple):

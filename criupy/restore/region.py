@@ -13,6 +13,7 @@ from criupy import proc
 from criupy.blobs import restorer as restorer_module
 from criupy.blobs.loader import Blob, page_round
 from criupy.errors import CriupyError
+from criupy.libc import libc
 from criupy.restore import args as rst
 from criupy.restore.memory import TASK_SIZE, find_free_area
 
@@ -21,10 +22,6 @@ SIGFRAME_SIZE = 32 * 1024  # rt_sigframe + the largest XSAVE area without AMX ti
 THREAD_STACK_SIZE = 64 * 1024  # each restored thread's own stack in the restorer (PIE plugin hooks run on it too)
 MAP_FIXED_NOREPLACE = 0x100000
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
-libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 
 BLOB = Blob(restorer_module)
 

@@ -11,13 +11,9 @@ import mmap
 import os
 
 from criupy.errors import CriupyError
+from criupy.libc import MAP_FAILED, libc
 from criupy.restore.memory import PAGE_SIZE, PE_PRESENT, VMA_ANON_SHARED
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
-libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def region_sizes(tasks):

@@ -9,6 +9,7 @@ import mmap
 import os
 
 from criupy.errors import CriupyError
+from criupy.libc import MAP_FAILED, libc
 from criupy.restore import shmem
 
 F_ADD_SEALS = 1033
@@ -52,13 +53,13 @@ def _fill(fd, entry, images):
     size = entry.size + -entry.size % PAGE_SIZE
     if not size or not images.exists(name):  # no image: the memfd held no data
         return
-    address = shmem.libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
-    if address in (None, shmem.MAP_FAILED):
+    address = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if address in (None, MAP_FAILED):
         raise CriupyError(f"cannot map memfd {entry.name} to fill it")
     try:
         shmem.fill(images, name, address, size)
     finally:
-        shmem.libc.munmap(address, size)
+        libc.munmap(address, size)
 
 
 def open_file(entry, memfds, flags):
