@@ -107,11 +107,10 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
                            + [_highest_open_fd()]) + 1
         moved = move_above(list(opened.values()), first_own_fd)
         own_mappings = OwnMappings()
-        premaps = cow.plan(tasks, plans, own_mappings)
+        task_fds = {pid: [moved[fd] for fd in fds] for pid, fds in own_fds.items()}  # their numbers, moved
+        premaps = cow.plan(tasks, plans, {pid: pages for pid, (_, _, pages, _) in task_fds.items()}, own_mappings)
         for task in live:
-            log_fd, go_fd, pages_fd, images_fd = (moved[fd] for fd in own_fds[task.pid])
-            if task.pid in premaps.tasks:
-                premaps.tasks[task.pid].pages_fd = pages_fd
+            log_fd, go_fd, pages_fd, images_fd = task_fds[task.pid]
             regions[task.pid] = prepare.build(task, premaps.plans[task.pid], opened[task.pid], pages_fd, log_fd,
                                               go_fd, first_own_fd, verbose=log.isEnabledFor(logging.DEBUG),
                                               plugin=plugin, images_fd=images_fd, own_mappings=own_mappings)

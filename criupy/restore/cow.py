@@ -9,9 +9,9 @@ dumped layout, reserved by criupy beforehand. The child gets it by fork, writes 
 dumped content differs and drops the pages it does not have, and premaps in turn what it shares with
 its own children. Each task's restorer moves its premapped memory into place with mremap.
 
-    premaps = plan(tasks, plans, own_mappings)   in criupy, before the tree is created
-    premaps.premap(task)                         in each new task, before it creates its children
-    premaps.release()                            in criupy, once the tree exists
+    premaps = plan(tasks, plans, pages_fds, own_mappings)   in criupy, before the tree is created
+    premaps.premap(task)                                    in each new task, before it creates its children
+    premaps.release()                                       in criupy, once the tree exists
 """
 
 import ctypes
@@ -30,7 +30,6 @@ MADV_POPULATE_WRITE = 23
 COMPARE_CHUNK = 64 * PAGE_SIZE  # compared at once; only a chunk that differs is compared page by page
 
 
-
 class Area(NamedTuple):
     """One mapping a task premaps."""
 
@@ -45,11 +44,11 @@ class Area(NamedTuple):
 class TaskPremaps:
     """What one task premaps before it creates its children."""
 
-    def __init__(self, areas, dropped, pages_size):
+    def __init__(self, areas, dropped, pages_fd, pages_size):
         self.areas = areas
         self.dropped = dropped  # (address, size): premapped by the parent, of no use here
+        self.pages_fd = pages_fd  # the task's pages-N.img, the fd the task inherits
         self.pages_size = pages_size
-        self.pages_fd = -1      # the task's pages-N.img, once criupy has moved its fds (restore/__init__)
 
 
 class Premaps:
@@ -83,9 +82,10 @@ def _key(mapping):
     return mapping.start, mapping.end, mapping.flags
 
 
-def plan(tasks, plans, own_mappings):
+def plan(tasks, plans, pages_fds, own_mappings):
     """Which mappings each live task premaps and where; reserves that room in criupy (PROT_NONE: every
-    task created gets the reservation, and a task maps its own memory over it)."""
+    task created gets the reservation, and a task maps its own memory over it). pages_fds: pid -> the
+    fd of its pages-N.img that the task will have."""
     live = {task.pid: task for task in tasks if not task.zombie}
     children = {pid: [] for pid in live}
     for task in tasks[1:]:
@@ -117,7 +117,7 @@ def plan(tasks, plans, own_mappings):
             dropped = [(address, key[1] - key[0]) for key, address in parent.items() if key not in inherited]
             if addresses or dropped:
                 result.plans[pid], areas = _mark(plans[pid], addresses, inherited)
-                result.tasks[pid] = TaskPremaps(areas, dropped, plans[pid].pages_size)
+                result.tasks[pid] = TaskPremaps(areas, dropped, pages_fds[pid], plans[pid].pages_size)
     except BaseException:
         result.release()
         raise

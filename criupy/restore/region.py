@@ -22,7 +22,6 @@ SIGFRAME_SIZE = 32 * 1024  # rt_sigframe + the largest XSAVE area without AMX ti
 THREAD_STACK_SIZE = 64 * 1024  # each restored thread's own stack in the restorer (PIE plugin hooks run on it too)
 MAP_FIXED_NOREPLACE = 0x100000
 
-
 BLOB = Blob(restorer_module)
 
 
