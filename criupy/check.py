@@ -16,9 +16,8 @@ from typing import NamedTuple
 
 from criupy import proc
 from criupy.errors import CriupyError
+from criupy.libc import libc
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
 
 SYS_clone3 = 435
 SYS_process_vm_readv = 310
@@ -38,9 +37,8 @@ def _syscall(nr, *args):
 
 
 def probe_ptrace_seize():
-    from ptrace.binding.func import ptrace
+    from criupy.infect.trace import PTRACE_DETACH, PTRACE_INTERRUPT, PTRACE_SEIZE, raw_ptrace as ptrace
 
-    PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH = 0x4206, 0x4207, 17
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         ptrace(PTRACE_SEIZE, child.pid, 0, 0)

@@ -16,6 +16,7 @@ from criupy import proc, xsave
 from criupy.errors import CriupyError
 from criupy.images.pb import core_pb2, core_x86_pb2, creds_pb2, rlimit_pb2, rseq_pb2, sa_pb2, siginfo_pb2, timer_pb2
 from criupy.infect import trace
+from criupy.libc import libc
 
 TASK_ALIVE = 1
 TASK_STOPPED = 3
@@ -41,11 +42,6 @@ REGS = (
     ("sp", "rsp"), ("ss", "ss"), ("fs_base", "fs_base"), ("gs_base", "gs_base"), ("ds", "ds"), ("es", "es"),
     ("fs", "fs"), ("gs", "gs"),
 )
-
-
-
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
 
 
 def gpregs_entry(regs):

@@ -27,6 +27,7 @@ from criupy.dump.fds import anon, eventpoll, memfd, unix
 from criupy.errors import CriupyError
 from criupy.images.pb import (fdinfo_pb2, fifo_pb2, fown_pb2, ghost_file_pb2, pipe_data_pb2, pipe_pb2,
                               regfile_pb2, remap_file_path_pb2, time_pb2)
+from criupy.libc import libc
 
 log = logging.getLogger("criupy.dump")
 
@@ -41,11 +42,6 @@ KCMP_FILE = 0
 
 # character device majors of terminals (devices.txt): ptys, ttys, /dev/tty, /dev/console, ptmx, serial
 TTY_MAJORS = {2, 3, 4, 5, *range(128, 144), 188, 204}
-
-libc = ctypes.CDLL(None, use_errno=True)
-libc.tee.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint)
-libc.tee.restype = ctypes.c_ssize_t
-libc.syscall.restype = ctypes.c_long
 
 
 def _no_owner():

@@ -12,17 +12,11 @@ import ctypes
 import os
 
 from criupy.errors import CriupyError
+from criupy.libc import libc
 
 IPC_CREAT, IPC_EXCL = 0o1000, 0o2000
 IPC_RMID, IPC_SET, IPC_STAT = 0, 1, 2
 SHM_DEST = 0o1000
-
-libc = ctypes.CDLL(None, use_errno=True)
-libc.shmat.restype = ctypes.c_void_p
-libc.shmat.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
-libc.shmdt.argtypes = (ctypes.c_void_p,)
-libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
-libc.shmctl.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 
 
 class ShmidDs(ctypes.Structure):

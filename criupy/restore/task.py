@@ -21,6 +21,7 @@ from criupy import proc
 from criupy.errors import CriupyError
 from criupy.infect import hook, trace
 from criupy.infect.task import INJECTED_SIGMASK
+from criupy.libc import libc
 
 SYS_munmap = 11
 SYS_rt_sigreturn = 15
@@ -31,9 +32,6 @@ PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 PTRACE_O_EXITKILL = 0x100000
 SYSCALL_STOP = signal.SIGTRAP | 0x80  # with PTRACE_O_TRACESYSGOOD
 ENOSYS_AT_ENTRY = -errno.ENOSYS & 0xFFFFFFFFFFFFFFFF  # rax at a syscall-entry stop
-
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
 
 
 class RestoreFailed(CriupyError):

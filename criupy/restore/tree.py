@@ -24,6 +24,7 @@ import signal
 import time
 
 from criupy.errors import CriupyError
+from criupy.libc import libc
 from criupy.restore.task import clone_with_pid
 
 PR_SET_NAME = 15
@@ -31,8 +32,6 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 KILL_WAIT_SECONDS = 5
 WALL = 0x40000000  # __WALL
-
-libc = ctypes.CDLL(None, use_errno=True)
 
 
 def check_tree(tasks):

@@ -20,14 +20,13 @@ import time
 from criupy import proc
 from criupy.errors import CriupyError
 from criupy.images.pb import eventfd_pb2, signalfd_pb2, timerfd_pb2
+from criupy.libc import libc
 
 EFD_SEMAPHORE = 1
 TFD_TIMER_ABSTIME = 1
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64)
 NSEC = 1_000_000_000
 _TIMESPEC = re.compile(r"\((-?\d+), (-?\d+)\)")
-
-libc = ctypes.CDLL(None, use_errno=True)
 
 
 def eventfd_entry(file_id, flags, info, fown):

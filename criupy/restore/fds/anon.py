@@ -7,11 +7,10 @@ import time
 
 from criupy.dump.fds.anon import EFD_SEMAPHORE, NSEC, TFD_TIMER_ABSTIME, set_ticks
 from criupy.errors import CriupyError
+from criupy.libc import libc
 
 O_CLOEXEC = 0o2000000
 STATUS_FLAGS = os.O_NONBLOCK | os.O_ASYNC
-
-libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _checked(fd, what):

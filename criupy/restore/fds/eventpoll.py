@@ -11,10 +11,9 @@ import fcntl
 import os
 
 from criupy.errors import CriupyError
+from criupy.libc import libc
 
 EPOLL_CTL_ADD = 1
-
-libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _EpollEvent(ctypes.Structure):
