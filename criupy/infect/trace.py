@@ -10,6 +10,18 @@ import contextlib
 import ctypes
 import os
 import struct
+import sys
+import types
+
+from criupy.libc import libc
+
+# python-ptrace looks for the C library when first imported: ctypes.util.find_library imports
+# subprocess, shutil and tempfile and runs ldconfig, about 10 ms of every command. The module it does
+# that in, ptrace.ctypes_libc, holds only the library's file name and handle: it gets criupy's.
+_ctypes_libc = types.ModuleType("ptrace.ctypes_libc")
+_ctypes_libc.LIBC_FILENAME = "libc.so.6"
+_ctypes_libc.libc = libc
+sys.modules.setdefault("ptrace.ctypes_libc", _ctypes_libc)
 
 from ptrace.binding.func import ptrace as raw_ptrace
 from ptrace.binding.func import ptrace_getregs, ptrace_getsiginfo, ptrace_peekdata, ptrace_pokedata, ptrace_setregs
