@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from waiting import crit_show, wait_for
+from waiting import crit_show, start_sleep, wait_for
 
 import criupy
 from criupy import proc
@@ -354,7 +354,7 @@ def test_no_such_pid(tmp_path):
 
 
 def test_images_dir_that_is_a_symlink_or_holds_images_is_refused(processes, tmp_path):
-    process = processes.start(["sleep", "1000"], stdout=subprocess.DEVNULL, **QUIET)
+    process = start_sleep(processes)
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(CriupyError, match="symlink"):
@@ -366,7 +366,7 @@ def test_images_dir_that_is_a_symlink_or_holds_images_is_refused(processes, tmp_
 
 
 def test_every_image_is_mode_0600(processes, tmp_path):
-    process = processes.start(["sleep", "1000"], stdout=subprocess.DEVNULL, **QUIET)
+    process = start_sleep(processes)
     old_umask = os.umask(0)
     try:
         criupy.dump(process.pid, str(tmp_path / "images"))
@@ -379,7 +379,7 @@ def test_every_image_is_mode_0600(processes, tmp_path):
 
 
 def test_log_file_and_verbose(processes, tmp_path):
-    process = processes.start(["sleep", "1000"], stdout=subprocess.DEVNULL, **QUIET)
+    process = start_sleep(processes)
     log_file = tmp_path / "dump.log"
     criupy.dump(process.pid, str(tmp_path / "images"), leave_running=True, log_file=str(log_file), verbose=True)
     text = log_file.read_text()

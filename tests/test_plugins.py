@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from waiting import start_sleep
+
 from criupy import proc
 from criupy.blobs.loader import load_plugin
 from criupy.dump import dump
@@ -55,10 +57,7 @@ def plugin(tmp_path_factory):
 
 def dumped_sleep(processes, tmp_path):
     """`sleep 1000` dumped into tmp_path/images (and killed); (its PID, the images dir)."""
-    sleeper = processes.start(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    while proc.status(sleeper.pid)["State"][0] != "S":
-        time.sleep(0.01)
+    sleeper = start_sleep(processes)
     images = tmp_path / "images"
     dump(sleeper.pid, str(images))
     sleeper.wait()

@@ -12,6 +12,8 @@ import time
 import keystone
 import pytest
 
+from waiting import start_sleep
+
 from criupy import proc
 from criupy.errors import CriupyError
 from criupy.images import ImagesDir
@@ -283,10 +285,7 @@ def test_pages_come_back_by_userfaultfd_and_by_preadv(by_userfaultfd, processes,
 
 
 def test_sleep_carries_on(processes, tmp_path):
-    sleeper = processes.start(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    while proc.status(sleeper.pid)["State"][0] != "S":
-        time.sleep(0.01)
+    sleeper = start_sleep(processes)
     maps_before = proc.maps(sleeper.pid)
     dump(sleeper.pid, str(tmp_path / "images"))
     sleeper.wait()

@@ -1,5 +1,5 @@
 """wait_for(): the one way the tests wait for a process to get somewhere (never a timed assertion);
-crit_show(): what CRIU's crit makes of an image."""
+start_sleep(): `sleep 1000` once it sleeps; crit_show(): what CRIU's crit makes of an image."""
 
 import json
 import subprocess
@@ -15,6 +15,24 @@ def wait_for(condition, what, timeout=30):
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.01)
+
+
+SLEEP_SYSCALLS = {"35", "230"}  # nanosleep, clock_nanosleep
+
+
+def start_sleep(processes):
+    """`sleep 1000` (started with the processes fixture), once it waits in its sleep: just after its exec
+    it opens and closes files (its locale's), and a dump in that moment rightly fails on the fd that
+    closed while criupy looked at it."""
+    sleeper = processes.start(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    def sleeping():
+        with open(f"/proc/{sleeper.pid}/syscall") as f:
+            return f.read().split()[0] in SLEEP_SYSCALLS
+
+    wait_for(sleeping, f"sleep (PID {sleeper.pid}) to sleep")
+    return sleeper
 
 
 def crit_show(path):
