@@ -387,6 +387,33 @@ def test_log_file_and_verbose(processes, tmp_path):
     assert "pagemap of PID" in text  # a DEBUG line
 
 
+def test_an_fd_number_closed_and_opened_again_while_criupy_reads_it_is_read_again(processes, tmp_path,
+                                                                                  monkeypatch):
+    # Before the stop the task runs: between criupy's listing of its fds and its readlink of one, it may
+    # close that fd and open another file under the same number (as `sleep` does while it loads its
+    # locale). The first readlink of fd 0 here fails as after a close; the fd is there when checked.
+    process = start_sleep(processes)
+    real_fd_link = proc.fd_link
+    failed = []
+
+    def fd_link_closed_once(pid, fd):
+        if pid == process.pid and fd == 0 and not failed:
+            failed.append(fd)
+            raise CriupyError(f"fd {fd} of PID {pid} closed while criupy looked at it")
+        return real_fd_link(pid, fd)
+
+    monkeypatch.setattr(proc, "fd_link", fd_link_closed_once)
+    criupy.dump(process.pid, str(tmp_path / "images"), leave_running=True)
+
+    assert failed == [0]
+    images = ImagesDir(str(tmp_path / "images"), "r")
+    fdinfo = {e.fd: e for e in images.read("fdinfo-1")}
+    files = {e.id: e for e in images.read("files")}
+    assert sorted(fdinfo) == [0, 1, 2]
+    assert files[fdinfo[0].id].reg.name == "/dev/null"
+    assert_running_untraced(process.pid)
+
+
 def test_a_socket_is_refused_before_the_process_is_stopped(processes, tmp_path, monkeypatch):
     import criupy.infect
     script = "import socket, time\ns = socket.socket()\nprint(s.fileno(), flush=True)\nwhile True: time.sleep(0.05)"

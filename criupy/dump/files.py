@@ -42,6 +42,7 @@ KCMP_FILE = 0
 
 # character device majors of terminals (devices.txt): ptys, ttys, /dev/tty, /dev/console, ptmx, serial
 TTY_MAJORS = {2, 3, 4, 5, *range(128, 144), 188, 204}
+FD_READ_TRIES = 10  # a running task may close an fd and reuse its number while criupy reads it
 
 
 def _no_owner():
@@ -238,14 +239,10 @@ def inspect_fds(pid, tree_pids=()):
     result = []
     sockets = None  # every unix socket, listed once the task has any socket
     for fd in proc.fds(pid):
-        try:
-            link = proc.fd_link(pid, fd)
-            st = os.stat(f"/proc/{pid}/fd/{fd}")
-            info = proc.fdinfo(pid, fd)
-        except (CriupyError, FileNotFoundError):
-            if os.path.lexists(f"/proc/{pid}/fd/{fd}"):
-                raise
-            continue  # closed since the listing (the task still runs when criupy first looks)
+        read = _read_fd(pid, fd)
+        if read is None:
+            continue
+        link, st, info = read
         kind = _kind(fd, link, st)
         if kind == "reg" and link.endswith(" (deleted)"):
             raise CriupyError(f"fd {fd}: file {link[:-len(' (deleted)')]} was deleted: not supported yet")
@@ -265,6 +262,18 @@ def inspect_fds(pid, tree_pids=()):
         elif open_fd.kind == "eventpoll":
             eventpoll.check(open_fd.fd, eventpoll.registered(pid, open_fd.fd), result)
     return result
+
+
+def _read_fd(pid, fd):
+    """(link, stat, fdinfo) of a task's fd; None if it was closed since the listing (the task still runs
+    when criupy first looks). A number closed and opened again while criupy read it is read again."""
+    for _ in range(FD_READ_TRIES):
+        try:
+            return proc.fd_link(pid, fd), os.stat(f"/proc/{pid}/fd/{fd}"), proc.fdinfo(pid, fd)
+        except (CriupyError, FileNotFoundError):
+            if not os.path.lexists(f"/proc/{pid}/fd/{fd}"):
+                return None
+    raise CriupyError(f"fd {fd} of PID {pid} was closed and opened again each time criupy looked at it")
 
 
 def _socket_inodes(pids):
