@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from waiting import wait_for
+from waiting import blocked_in, wait_for
 
 from criupy import proc
 
@@ -48,8 +48,7 @@ def test_restore_waits_and_exits_with_the_restored_process_status(processes, tmp
 
     def waits_for_the_signal():
         try:
-            with open(f"/proc/{pid}/syscall") as f:
-                return f.read().split()[0] == str(SYS_rt_sigtimedwait) and proc.status(pid)["TracerPid"] == "0"
+            return blocked_in(pid) == SYS_rt_sigtimedwait and proc.status(pid)["TracerPid"] == "0"
         except (FileNotFoundError, ProcessLookupError):
             assert restoring.poll() is None, restoring.communicate()
             return False

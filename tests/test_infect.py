@@ -157,7 +157,7 @@ def test_trampoline_is_what_keystone_assembles():
 
 def test_task_in_nanosleep_dumps_registers_that_rerun_the_call(processes, victim, tmp_path):
     p, out = start_counting(processes, victim("counter"), tmp_path, "300")
-    wait_for(lambda: open(f"/proc/{p.pid}/syscall").read().split()[0] == str(SYS_clock_nanosleep), "nanosleep")
+    wait_for(lambda: waiting.blocked_in(p.pid) == SYS_clock_nanosleep, "nanosleep")
     task = seize(p.pid)
     try:
         assert task.regs.orig_rax == SYS_clock_nanosleep
@@ -176,7 +176,7 @@ def test_task_in_read_continues_reading(processes, victim, tmp_path):
     out = tmp_path / "out"
     with open(out, "w") as f:
         p = processes.start([victim("infect_target"), "echo"], stdin=subprocess.PIPE, stdout=f)
-    wait_for(lambda: open(f"/proc/{p.pid}/syscall").read().split()[0] == str(SYS_read), "read()")
+    wait_for(lambda: waiting.blocked_in(p.pid) == SYS_read, "read()")
     task = seize(p.pid)
     try:
         assert (task.regs.orig_rax, signed(task.regs.rax)) == (SYS_read, -ERESTARTSYS)
