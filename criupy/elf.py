@@ -1,8 +1,10 @@
-"""What criupy reads from ELF files with pyelftools: the GNU build-id, which names one build of a binary."""
+"""What criupy reads from ELF files with pyelftools: the GNU build-id, which names one build of a binary.
+
+Loading pyelftools costs a small command ~25 ms: criupy.buildid reads build-ids through this module in a
+helper process while criupy loads the rest."""
 
 import functools
 import os
-import struct
 from types import SimpleNamespace
 
 from elftools.common.exceptions import ELFError
@@ -59,32 +61,3 @@ def _structs(little_endian, elfclass, kind=None):
         structs.create_advanced_structs(*kind)
     return structs
 
-
-# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> build_id_words of that file (ctime too: a file rewritten
-# in place with its mtime set back has a new one): parsing ELF takes milliseconds, so
-# the dump reads the mapped files' build-ids before it stops the process (criupy.dump.memory.check_mappings),
-# and a restore reads each once for all the tasks of a tree that map it (criupy.restore.files)
-_words_by_file = {}
-
-
-def build_id_words(path, st=None):
-    """The build-id as CRIU's reg_file_entry keeps it: little-endian 32-bit words; () if none or unreadable.
-
-    st: the file's os.stat: the result is kept for it, and a file changed since (size, mtime or ctime) is read again."""
-    if st is None:
-        return _read_build_id_words(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if key not in _words_by_file:
-        _words_by_file[key] = _read_build_id_words(path)
-    return _words_by_file[key]
-
-
-def _read_build_id_words(path):
-    try:
-        found = build_id(path)
-    except OSError:
-        return ()
-    if not found:
-        return ()
-    found = found.ljust(-(-len(found) // 4) * 4, b"\0")
-    return struct.unpack(f"<{len(found) // 4}I", found)

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from criupy import proc
+from criupy import buildid, proc
 from criupy.errors import CriupyError
 from criupy.log import log_to
 
@@ -58,39 +58,50 @@ def dump(pid, images_dir, leave_running=False, overwrite=False, log_file=None, v
     shell_job: the process is a job of a shell: its session or group leader is outside the dump, and it
     may have the shell's terminal open (criupy.dump.fds.tty)."""
     with log_to(log_file, verbose):
-        # Imported here: `import criupy` must not load the image schemas.
-        from criupy.images import ImagesDir
-
-        from criupy.dump import tree
-        from criupy.infect import hook
-        from criupy.infect.task import deferred_signals
-
-        tree.check_task(pid)  # before touching the images directory: a wrong PID changes nothing
-        hooks = [hook.find_function(pid, spec) for spec in call_hooks]  # so does a missing hook
-        images = ImagesDir(images_dir, "w", overwrite=overwrite)
-        written_before = set(images.names())
+        buildid.start_helper()  # first: it loads pyelftools while criupy loads the rest
         try:
-            frozen = _dump(pid, images, hooks, leave_running, shell_job)
-        except BaseException:
-            images.release_reserved()
-            for name in set(images.names()) - written_before:
-                with contextlib.suppress(OSError):
-                    os.unlink(images.path(name))
-            if images.created:
-                with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
-                    os.rmdir(images_dir)
-            raise
-        # The images are complete. Killing the tree commits the dump: from here an interrupt must not
-        # remove them, and none may come between the kill and that decision.
-        with deferred_signals():
-            if leave_running:
-                frozen.cure()
-                log.info("PID %d and its descendants left running", pid)
-            else:
-                frozen.kill()
-                log.info("PID %d and its descendants killed", pid)
+            from criupy.infect.task import deferred_signals
+
+            frozen = _dump_into(pid, images_dir, call_hooks, leave_running, overwrite, shell_job)
+            # The images are complete. Killing the tree commits the dump: from here an interrupt must not
+            # remove them, and none may come between the kill and that decision.
+            with deferred_signals():
+                if leave_running:
+                    frozen.cure()
+                    log.info("PID %d and its descendants left running", pid)
+                else:
+                    frozen.kill()
+                    log.info("PID %d and its descendants killed", pid)
+        finally:
+            buildid.stop_helper()
         log.info("dumped PID %d into %s", pid, images_dir)
         _test_pause("ended")
+
+
+def _dump_into(pid, images_dir, call_hooks, leave_running, overwrite, shell_job):
+    """Check the tree, then dump it into a new images directory; returns the FrozenTree, still seized. On failure
+    the tree is cured and the images directory is as it was."""
+    # Imported here: `import criupy` must not load the image schemas.
+    from criupy.images import ImagesDir
+
+    from criupy.dump import tree
+    from criupy.infect import hook
+
+    tree.check_task(pid)  # before touching the images directory: a wrong PID changes nothing
+    hooks = [hook.find_function(pid, spec) for spec in call_hooks]  # so does a missing hook
+    images = ImagesDir(images_dir, "w", overwrite=overwrite)
+    written_before = set(images.names())
+    try:
+        return _dump(pid, images, hooks, leave_running, shell_job)
+    except BaseException:
+        images.release_reserved()
+        for name in set(images.names()) - written_before:
+            with contextlib.suppress(OSError):
+                os.unlink(images.path(name))
+        if images.created:
+            with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
+                os.rmdir(images_dir)
+        raise
 
 
 def _test_pause(point):

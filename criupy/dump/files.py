@@ -22,7 +22,7 @@ import os
 import stat
 from typing import NamedTuple
 
-from criupy import elf, proc
+from criupy import buildid, proc
 from criupy.dump.fds import anon, eventpoll, memfd, unix
 from criupy.errors import CriupyError
 from criupy.images.pb import (fdinfo_pb2, fifo_pb2, fown_pb2, ghost_file_pb2, pipe_data_pb2, pipe_pb2,
@@ -76,7 +76,7 @@ def _reg_entry(file_id, flags, pos, path, st, mnt_id):
         # what restore checks the file by: a file changed since the dump is refused, naming it
         entry.size = st.st_size
         entry.mtime_ns = st.st_mtime_ns
-        entry.build_id.extend(elf.build_id_words(path, st))
+        entry.build_id.extend(buildid.build_id_words(path, st))
     return entry
 
 

@@ -12,7 +12,7 @@ import os
 import stat
 from typing import NamedTuple
 
-from criupy import elf, proc
+from criupy import buildid, proc
 from criupy.dump.pagemap import PAGE_SIZE, PagemapReader
 from criupy.errors import CriupyError
 from criupy.images.pb import pagemap_pb2, vma_pb2
@@ -79,13 +79,13 @@ def check_mappings(pid):
     """Raise CriupyError naming the first mapping criupy cannot dump.
 
     The task may still run: a mapping that went away meanwhile is no concern. The mapped files'
-    build-ids are read here, out of the frozen time: the dump finds them kept (criupy.elf.build_id_words)."""
+    build-ids are read here, out of the frozen time: the dump finds them kept (criupy.buildid.build_id_words)."""
     for entry in proc.smaps(pid):
         kind, st = _classify(pid, entry)
         if kind == "file":
             link = f"/proc/{pid}/map_files/{entry.mapping.start:x}-{entry.mapping.end:x}"
             with contextlib.suppress(OSError):
-                elf.build_id_words(link, st)
+                buildid.build_id_words(link, st)
 
 
 def _classify(pid, smaps_entry):

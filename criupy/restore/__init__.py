@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 
+from criupy import buildid
 from criupy.errors import CriupyError
 from criupy.log import log_to
 
@@ -55,7 +56,20 @@ def restore(images_dir, detach=False, pidfile=None, log_file=None, verbose=False
 
 
 def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
-    # Imported here: the pipeline's modules load the image schemas, which `import criupy` does not need.
+    buildid.start_helper()  # first: it loads pyelftools while criupy loads the rest
+    try:
+        # Imported here: the pipeline's modules load the image schemas, which `import criupy` does not need.
+        from criupy.restore.images import read_tree
+
+        tasks = read_tree(images_dir)
+        tree_ids = {n for task in tasks for n in (task.pid, task.pgid, task.sid, *task.thread_cores)}
+        buildid.stop_helper(if_pid_in=tree_ids)  # the helper took a PID the tree needs back
+        return _restore_tree(images_dir, tasks, detach, pidfile, pie_plugin, call_hooks, shell_job)
+    finally:
+        buildid.stop_helper()
+
+
+def _restore_tree(images_dir, tasks, detach, pidfile, pie_plugin, call_hooks, shell_job):
     from criupy.blobs.loader import load_plugin
     from criupy.images import ImagesDir
     from criupy.infect import hook
@@ -63,7 +77,7 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
     from criupy.restore.args import Args
     from criupy.restore.fds import tty
     from criupy.restore.files import move_above, open_files
-    from criupy.restore.images import open_pages, read_tree
+    from criupy.restore.images import open_pages
     from criupy.restore.memory import plan_memory
     from criupy.restore.region import OwnMappings
     from criupy.restore.shmem import open_shared_memory
@@ -74,13 +88,13 @@ def _restore(images_dir, detach, pidfile, pie_plugin, call_hooks, shell_job):
     for spec in call_hooks:
         hook.parse_spec(spec)  # a malformed LIB:SYMBOL is refused before anything is made
     plugin = load_plugin(pie_plugin) if pie_plugin else None
-    tasks = read_tree(images_dir)
     tty.check(tasks, shell_job)
     tty.adopt_shell_job(tasks, shell_job)
     helpers = check_tree(tasks)
     live = [task for task in tasks if not task.zombie]
     plans = {task.pid: plan_memory(task) for task in live}
     opened = open_files(live, ImagesDir(images_dir, "r"))
+    buildid.stop_helper()  # the files are open and checked; no task may inherit it
     any_opened = opened[live[0].pid]
     pipes = {}  # pid -> (log read, go write): criupy's ends of the task's log and go pipes
     own_fds = {}  # pid -> (log write, go read, pages, images dir): the task's ends, held for it

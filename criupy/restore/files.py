@@ -12,7 +12,7 @@ import mmap
 import os
 import stat
 
-from criupy import elf
+from criupy import buildid
 from criupy.errors import CriupyError
 from criupy.restore.fds import anon, eventpoll, fifo, memfd, tty
 from criupy.images.pb import fdinfo_pb2
@@ -105,7 +105,7 @@ def _check_same_file(path, reg, fd, check_size=True):
         raise CriupyError(f"file {path} was modified since the dump (at {_when(st.st_mtime_ns)}, dumped as of "
                           f"{_when(reg.mtime_ns)})")
     # st: read once per file (the tasks of a tree map the same files), and again if it changed
-    if reg.build_id and tuple(reg.build_id) != elf.build_id_words(f"/proc/self/fd/{fd}", st):
+    if reg.build_id and tuple(reg.build_id) != buildid.build_id_words(f"/proc/self/fd/{fd}", st):
         raise CriupyError(f"file {path} is not the build that was dumped (another ELF build-id)")
 
 
