@@ -12,6 +12,7 @@ import socket
 import struct
 import sys
 
+ELF_MAGIC = b"\x7fELF"
 PR_SET_PDEATHSIG = 1
 
 # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> build_id_words of that file (ctime too: a file rewritten
@@ -50,13 +51,16 @@ def _words(path):
 
 def _ask_helper(path):
     """The build-id bytes (b"" for none) the helper reads from the file at path; None if it did not answer
-    (it is stopped then). Raises OSError if the file cannot be opened."""
+    (it is stopped then). Raises OSError if the file cannot be read."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        socket.send_fds(_helper[0], [b"?"], [fd])
-        reply, _, flags, _ = _helper[0].recvmsg(4096)
-    except OSError:
-        reply, flags = b"", 0
+        if os.pread(fd, len(ELF_MAGIC), 0) != ELF_MAGIC:
+            return b""  # most open files: no need to wake the helper (a dump may be in its frozen time)
+        try:
+            socket.send_fds(_helper[0], [b"?"], [fd])
+            reply, _, flags, _ = _helper[0].recvmsg(4096)
+        except OSError:
+            reply, flags = b"", 0
     finally:
         os.close(fd)
     if not reply or flags & socket.MSG_TRUNC:  # gone, or a build-id over 4 KiB: criupy reads them from now on

@@ -12,7 +12,8 @@ from elftools.common.utils import struct_parse
 from elftools.elf.notes import iter_notes
 from elftools.elf.structs import ELFStructs
 
-ELF_MAGIC = b"\x7fELF"
+from criupy.buildid import ELF_MAGIC
+
 PN_XNUM = 0xFFFF  # e_phnum saying the real count is in section 0's sh_info
 
 

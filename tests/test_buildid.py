@@ -4,7 +4,6 @@ process that the dump and restore commands start so that pyelftools loads beside
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -51,7 +50,8 @@ def _in_new_python(code):
     return json.loads(done.stdout)
 
 
-def _binary_with_build_id(tmp_path):
+def _three_files(tmp_path):
+    """An ELF file with a known build-id, a text file, a missing file."""
     binary = tmp_path / "binary"
     subprocess.run(["gcc", "-O1", "-o", str(binary), VICTIM, "-Wl,--build-id=0x1122334455667788"], check=True)
     text = tmp_path / "text"
@@ -65,7 +65,7 @@ import json, os, sys
 from criupy import buildid
 buildid.start_helper()
 pid = buildid._helper[1]
-words = [buildid.build_id_words(path) for path in {_binary_with_build_id(tmp_path)!r}]
+words = [buildid.build_id_words(path) for path in {_three_files(tmp_path)!r}]
 loaded = "elftools" in sys.modules
 buildid.stop_helper()
 left = os.path.exists(f"/proc/{{pid}}")
@@ -83,7 +83,7 @@ from criupy import buildid
 buildid.start_helper()
 pid = buildid._helper[1]
 os.kill(pid, signal.SIGKILL)
-words = [buildid.build_id_words(path) for path in {_binary_with_build_id(tmp_path)!r}]
+words = [buildid.build_id_words(path) for path in {_three_files(tmp_path)!r}]
 print(json.dumps({{"words": words, "helper": buildid._helper, "reaped": not os.path.exists(f"/proc/{{pid}}")}}))
 """)
     assert found == {"words": [[0x44332211, 0x88776655], [], []], "helper": None, "reaped": True}
