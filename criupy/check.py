@@ -138,6 +138,25 @@ def probe_soft_dirty():
     return "pages are tracked soft-dirty"
 
 
+def probe_inotify_next_wd():
+    from criupy.restore.fds.inotify import INOTIFY_IOC_SETNEXTWD
+
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    try:
+        if libc.ioctl(fd, INOTIFY_IOC_SETNEXTWD, ctypes.c_ulong(7)) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"INOTIFY_IOC_SETNEXTWD: {os.strerror(err)} (CONFIG_CHECKPOINT_RESTORE unset?)")
+        wd = libc.inotify_add_watch(fd, b"/", ctypes.c_uint32(1))  # IN_ACCESS
+        if wd != 7:
+            raise OSError(0, f"asked for wd 7, got {wd}")
+    finally:
+        os.close(fd)
+    return "inotify watches get the wd asked for (INOTIFY_IOC_SETNEXTWD)"
+
+
 # The vDSO layouts criupy knows how to move back into place on restore, in address order.
 KNOWN_VDSO_LAYOUTS = (
     ("[vvar]", "[vvar_vclock]", "[vdso]"),  # 6.13 and newer
@@ -170,6 +189,7 @@ PROBES = (
     Probe("userfaultfd", probe_userfaultfd, False),
     Probe("PAGEMAP_SCAN", probe_pagemap_scan, False),
     Probe("soft-dirty", probe_soft_dirty, False),
+    Probe("inotify wd", probe_inotify_next_wd, False),
 )
 
 

@@ -5,6 +5,7 @@ A process that is gone raises CriupyError naming the PID.
 """
 
 import os
+import re
 from typing import NamedTuple
 
 from criupy.errors import CriupyError
@@ -199,6 +200,59 @@ def fdinfo(pid, fd):
         pos=int(values.pop("pos", "0")), flags=int(values.pop("flags", "0"), 8),
         mnt_id=int(values.pop("mnt_id", "-1")), ino=int(values.pop("ino", "0")), extra=values,
     )
+
+
+class InotifyWatch(NamedTuple):
+    """One watch of an inotify fd, from its fdinfo (the kernel's s_dev encoding: major << 20 | minor)."""
+
+    wd: int
+    ino: int
+    s_dev: int
+    mask: int
+    ignored_mask: int
+    handle_type: int
+    handle: bytes  # the file handle of the watched inode (open_by_handle_at)
+
+
+def inotify_watches(pid, fd):
+    """The watches of an inotify fd, in the order of their wd, from /proc/PID/fdinfo/FD."""
+    watches = []
+    for line in fdinfo_text(pid, fd).splitlines():
+        if line.startswith("inotify "):
+            values = dict(field.split(":", 1) for field in line.split()[1:])
+            handle = bytes.fromhex(values["f_handle"])[:int(values["fhandle-bytes"], 16)]
+            watches.append(InotifyWatch(
+                wd=int(values["wd"], 16), ino=int(values["ino"], 16), s_dev=int(values["sdev"], 16),
+                mask=int(values["mask"], 16), ignored_mask=int(values["ignored_mask"], 16),
+                handle_type=int(values["fhandle-type"], 16), handle=handle))
+    return sorted(watches)
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+class Mount(NamedTuple):
+    """One line of /proc/PID/mountinfo."""
+
+    mnt_id: int
+    major: int
+    minor: int
+    root: str         # the directory of its filesystem mounted there
+    mount_point: str
+
+
+def mountinfo(pid="self"):
+    mounts = []
+    for line in _read_text(pid, "mountinfo").splitlines():
+        fields = line.split()
+        major, minor = fields[2].split(":")
+        mounts.append(Mount(int(fields[0]), int(major), int(minor), _unescape(fields[3]), _unescape(fields[4])))
+    return mounts
+
+
+def _unescape(field):
+    """A path as mountinfo writes it: space, tab, newline and backslash as octal escapes (\\040...)."""
+    return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
 
 
 class PosixTimerInfo(NamedTuple):

@@ -16,6 +16,7 @@ from criupy.dump import dump
 from criupy.errors import CriupyError
 from criupy.images.show import show
 from criupy.restore import restore
+from waiting import blocked_in, wait_for
 
 CRIT = "/usr/bin/crit"
 
@@ -174,3 +175,50 @@ def test_fifos_keep_their_data(victim, processes, tmp_path):
                            "fifo 30 after: 'after'\n")
     shown = json.loads(show(str(images)))
     assert sorted(e["bytes"] for e in shown["fifo-data.img"]["entries"]) == [9, 18]
+
+
+def test_inotify_watches_keep_their_wd_mask_and_file(victim, processes, tmp_path):
+    """wd 1 on a file, wd 2 removed, wd 3 on a directory with IN_ONESHOT: the events after the restore are those
+    of a run never dumped (a watch given another wd, or its IN_ONESHOT lost, would show)."""
+    report, _, images = _same_as_plain_run(victim, processes, tmp_path, "inotify")
+    assert report.endswith("inotify: wd 1 mask 0x2 name ''\ninotify: wd 3 mask 0x100 name 'new'\n"
+                           "inotify: wd 3 mask 0x8000 name ''\ninotify then: EAGAIN\n")
+    shown = json.loads(show(str(images)))
+    watches = [w for e in shown["files.img"]["entries"] if e["type"] == "INOTIFY" for w in e["ify"]["wd"]]
+    trigger = tmp_path / "inotify-dumped.go"
+    assert [(w["wd"], w["f_handle"]["path"]) for w in watches] == [(1, f"{trigger}.watched"), (3, f"{trigger}.dir")]
+
+
+def test_tail_follows_its_file_on_after_a_restore(processes, tmp_path):
+    """coreutils' tail -f waits for inotify events on the file it follows."""
+    followed, out = tmp_path / "log", tmp_path / "tail.out"
+    followed.write_text("one\n")
+    with open(out, "w") as f:
+        tail = processes.start(["tail", "-f", str(followed)], stdout=f, stdin=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT)
+    _wait_for(out, "one\n")
+    wait_for(lambda: blocked_in(tail.pid) is not None, "tail to wait for its file")
+    dump(tail.pid, str(tmp_path / "images"))
+    tail.wait()
+    processes.track(restore(str(tmp_path / "images"), detach=True))
+    with open(followed, "a") as f:
+        f.write("two\n")
+    _wait_for(out, "two\n")
+    assert out.read_text() == "one\ntwo\n"
+
+
+def test_an_inotify_watch_of_a_deleted_file_is_refused(processes, tmp_path):
+    """The file is mapped (its inode lives on, and a watch with it): the mapping alone would be a ghost file."""
+    script = ("import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"
+              f"path = {str(tmp_path / 'gone')!r}\nwith open(path, 'wb') as f: f.write(bytes(4096))\n"
+              "with open(path, 'rb') as f: libc.mmap(None, 4096, 1, 2, f.fileno(), 0)\n"  # PROT_READ, MAP_PRIVATE
+              "fd = libc.inotify_init1(0)\nlibc.inotify_add_watch(fd, path.encode(), 2)\nos.unlink(path)\n"
+              "print(fd, flush=True)\nwhile True: time.sleep(0.05)")
+    target = processes.start([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    fd = int(target.stdout.readline())
+    with pytest.raises(CriupyError, match=rf"^fd {fd}: inotify watch 1: "):
+        dump(target.pid, str(tmp_path / "images"))
+    status = proc.status(target.pid)
+    assert status["TracerPid"] == "0" and status["State"][0] in "SR"
+    assert not (tmp_path / "images").exists()

@@ -5,7 +5,7 @@ character devices (other than terminals) are dumped by path, with their flags an
 inode, with the bytes still in them, read without taking them: the parasite sends criupy a copy of the
 pipe's read end and tee() duplicates the buffered data into a pipe of criupy's (as CRIU does). Other
 kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues; anon: eventfd,
-signalfd, timerfd; eventpoll; tty: terminals and ptys; memfd). FIFOs are dumped by path, their data as a
+signalfd, timerfd; eventpoll; inotify; tty: terminals and ptys; memfd). FIFOs are dumped by path, their data as a
 pipe's. Every other kind of file stops the dump, naming the fd.
 
 Files the task uses without an fd (mapped files, the executable, cwd, root) are entries of the same
@@ -23,7 +23,7 @@ import stat
 from typing import NamedTuple
 
 from criupy import buildid, proc
-from criupy.dump.fds import anon, eventpoll, memfd, unix
+from criupy.dump.fds import anon, eventpoll, inotify, memfd, unix
 from criupy.errors import CriupyError
 from criupy.images.pb import (fdinfo_pb2, fifo_pb2, fown_pb2, ghost_file_pb2, pipe_data_pb2, pipe_pb2,
                               regfile_pb2, remap_file_path_pb2, time_pb2)
@@ -205,7 +205,7 @@ class OpenFd:
 # kind -> fdinfo type
 FD_TYPES = {"reg": fdinfo_pb2.REG, "pipe": fdinfo_pb2.PIPE, "unix": fdinfo_pb2.UNIXSK, "fifo": fdinfo_pb2.FIFO, "eventfd": fdinfo_pb2.EVENTFD,
             "signalfd": fdinfo_pb2.SIGNALFD, "timerfd": fdinfo_pb2.TIMERFD, "eventpoll": fdinfo_pb2.EVENTPOLL,
-            "tty": fdinfo_pb2.TTY, "memfd": fdinfo_pb2.MEMFD}
+            "tty": fdinfo_pb2.TTY, "memfd": fdinfo_pb2.MEMFD, "inotify": fdinfo_pb2.INOTIFY}
 
 
 def _kind(fd, link, st):
@@ -261,6 +261,8 @@ def inspect_fds(pid, tree_pids=()):
             unix.check(open_fd.fd, open_fd.sock, task_sockets)
         elif open_fd.kind == "eventpoll":
             eventpoll.check(open_fd.fd, eventpoll.registered(pid, open_fd.fd), result)
+        elif open_fd.kind == "inotify":
+            inotify.watched_files(pid, open_fd.fd)
     return result
 
 
@@ -359,6 +361,9 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
             elif open_fd.kind == "timerfd":
                 files.add(fdinfo_pb2.TIMERFD, "tfd", anon.timerfd_entry(file_id, flags, pid, open_fd.fd, _no_owner(),
                                                                         steal_fds))
+            elif open_fd.kind == "inotify":
+                files.add(fdinfo_pb2.INOTIFY, "ify",
+                          inotify.inotify_entry(file_id, flags, pid, open_fd.fd, _no_owner()))
             elif open_fd.kind == "eventpoll":
                 watched = eventpoll.registered(pid, open_fd.fd)
                 eventpoll.check(open_fd.fd, watched, open_fds)

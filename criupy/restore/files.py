@@ -14,14 +14,14 @@ import stat
 
 from criupy import buildid
 from criupy.errors import CriupyError
-from criupy.restore.fds import anon, eventpoll, fifo, memfd, tty
+from criupy.restore.fds import anon, eventpoll, fifo, inotify, memfd, tty
 from criupy.images.pb import fdinfo_pb2
 from criupy.restore.memory import VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
 FD_CLOEXEC = 1
 # fd type -> (file_entry field, function opening one from that entry)
 OPENERS = {fdinfo_pb2.EVENTFD: ("efd", anon.open_eventfd), fdinfo_pb2.SIGNALFD: ("sgfd", anon.open_signalfd),
-           fdinfo_pb2.TIMERFD: ("tfd", anon.open_timerfd),
+           fdinfo_pb2.TIMERFD: ("tfd", anon.open_timerfd), fdinfo_pb2.INOTIFY: ("ify", inotify.open_inotify),
            fdinfo_pb2.EVENTPOLL: ("epfd", eventpoll.open_eventpoll)}
 F_SETPIPE_SZ = 1031
 # f_flags that only matter when a file is created or that open() would act on again

@@ -1,7 +1,7 @@
 /* fds TRIGGER KIND: opens fds of one kind with state in them (queued messages, counters, timers...),
  * prints "ready", waits (sleeping) until the file TRIGGER exists, then prints what its fds hold and how
  * they behave, and exits. A run that was dumped and restored while it waited must print the same as a
- * run that never was. KIND: unix, anon (eventfd, signalfd, timerfd, epoll), fifo. */
+ * run that never was. KIND: unix, anon (eventfd, signalfd, timerfd, epoll), fifo, inotify. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -235,6 +236,52 @@ static void fifo_report(void)
 	printf("fifo 30 after: '%.*s'\n", (int)(n > 0 ? n : 0), buf);
 }
 
+/* inotify at 40 (non-blocking): TRIGGER.watched (IN_MODIFY) is wd 1; a watch of TRIGGER.dir/gone, removed,
+ * leaves wd 2 unused; TRIGGER.dir (IN_CREATE, IN_ONESHOT) is wd 3. */
+static void inotify_setup(const char *trigger)
+{
+	char watched[4096], dir[4096], gone[4096], events[4096];
+	int fd = inotify_init1(IN_NONBLOCK);
+
+	snprintf(watched, sizeof(watched), "%s.watched", trigger);
+	snprintf(dir, sizeof(dir), "%s.dir", trigger);
+	snprintf(gone, sizeof(gone), "%s.dir/gone", trigger);
+	if (fd < 0 || mkdir(dir, 0700))
+		die("inotify setup");
+	close(open(watched, O_CREAT | O_WRONLY, 0600));
+	close(open(gone, O_CREAT | O_WRONLY, 0600));
+	if (inotify_add_watch(fd, watched, IN_MODIFY) != 1 || inotify_add_watch(fd, gone, IN_ALL_EVENTS) != 2 ||
+	    inotify_rm_watch(fd, 2) || inotify_add_watch(fd, dir, IN_CREATE | IN_ONESHOT) != 3)
+		die("inotify_add_watch");
+	while (read(fd, events, sizeof(events)) > 0)
+		;  /* wd 2's IN_IGNORED */
+	at(fd, 40);
+}
+
+static void inotify_report(const char *trigger)
+{
+	char path[4096], events[4096];
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s.watched", trigger);
+	fd = open(path, O_WRONLY | O_APPEND);
+	if (fd < 0 || write(fd, "x", 1) != 1)
+		die("write");
+	close(fd);
+	snprintf(path, sizeof(path), "%s.dir/new", trigger);
+	close(open(path, O_CREAT | O_WRONLY, 0600));
+	n = read(40, events, sizeof(events));
+	for (char *p = events; n > 0 && p < events + n;) {
+		struct inotify_event *event = (struct inotify_event *)p;
+
+		printf("inotify: wd %d mask %#x name '%s'\n", event->wd, event->mask, event->len ? event->name : "");
+		p += sizeof(*event) + event->len;
+	}
+	n = read(40, events, sizeof(events));
+	printf("inotify then: %s\n", n < 0 && errno == EAGAIN ? "EAGAIN" : "readable");
+}
+
 int main(int argc, char **argv)
 {
 	struct timespec nap = { 0, 5000000 };
@@ -248,6 +295,8 @@ int main(int argc, char **argv)
 		anon_setup();
 	else if (!strcmp(argv[2], "fifo"))
 		fifo_setup(argv[1]);
+	else if (!strcmp(argv[2], "inotify"))
+		inotify_setup(argv[1]);
 	else
 		return 2;
 	printf("ready\n");
@@ -257,7 +306,9 @@ int main(int argc, char **argv)
 		unix_report();
 	else if (!strcmp(argv[2], "anon"))
 		anon_report();
-	else
+	else if (!strcmp(argv[2], "fifo"))
 		fifo_report();
+	else
+		inotify_report(argv[1]);
 	return 0;
 }

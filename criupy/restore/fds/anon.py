@@ -13,25 +13,27 @@ O_CLOEXEC = 0o2000000
 STATUS_FLAGS = os.O_NONBLOCK | os.O_ASYNC
 
 
-def _checked(fd, what):
+def checked_fd(fd, what):
+    """fd, or raise naming what could not be created (fd < 0: errno says why)."""
     if fd < 0:
         raise CriupyError(f"cannot create {what}: {os.strerror(ctypes.get_errno())}")
     return fd
 
 
-def _with_flags(fd, flags):
+def with_status_flags(fd, flags):
+    """fd with the dumped status flags (O_NONBLOCK, O_ASYNC) of flags."""
     fcntl.fcntl(fd, fcntl.F_SETFL, flags & STATUS_FLAGS)
     return fd
 
 
 def open_eventfd(entry):
     semaphore = os.EFD_SEMAPHORE if entry.flags & EFD_SEMAPHORE else 0
-    return _with_flags(os.eventfd(entry.counter, os.EFD_CLOEXEC | semaphore), entry.flags)
+    return with_status_flags(os.eventfd(entry.counter, os.EFD_CLOEXEC | semaphore), entry.flags)
 
 
 def open_signalfd(entry):
     mask = (ctypes.c_uint64 * 16)(entry.sigmask)  # a sigset_t (128 bytes) for glibc
-    return _with_flags(_checked(libc.signalfd(-1, mask, O_CLOEXEC), "a signalfd"), entry.flags)
+    return with_status_flags(checked_fd(libc.signalfd(-1, mask, O_CLOEXEC), "a signalfd"), entry.flags)
 
 
 class _Itimerspec(ctypes.Structure):
@@ -42,7 +44,7 @@ class _Itimerspec(ctypes.Structure):
 def open_timerfd(entry):
     """The timer armed on its dumped schedule. Expiries that fell while it was not running are ticks to read,
     counted here, so that none is lost when the dumped ticks are set."""
-    fd = _checked(libc.timerfd_create(entry.clockid, O_CLOEXEC), f"a timerfd on clock {entry.clockid}")
+    fd = checked_fd(libc.timerfd_create(entry.clockid, O_CLOEXEC), f"a timerfd on clock {entry.clockid}")
     try:
         interval = entry.isec * NSEC + entry.insec
         expiry = entry.vsec * NSEC + entry.vnsec
@@ -61,7 +63,7 @@ def open_timerfd(entry):
             raise CriupyError(f"cannot arm a timerfd: {os.strerror(ctypes.get_errno())}")
         if ticks:
             set_ticks(fd, ticks)
-        return _with_flags(fd, entry.flags)
+        return with_status_flags(fd, entry.flags)
     except BaseException:
         os.close(fd)
         raise
