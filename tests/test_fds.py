@@ -95,7 +95,8 @@ def _same_as_plain_run(victim, processes, tmp_path, kind):
 
 
 def _without_times(report):
-    return [line for line in report.splitlines() if not line.startswith(("t0 ", "t1 "))]
+    """The report without what differs from run to run: times, and the ports the kernel chose."""
+    return [line for line in report.splitlines() if not line.startswith(("t0 ", "t1 ", "port "))]
 
 
 def test_unix_socket_pairs_keep_their_queues_both_ways(victim, processes, tmp_path):
@@ -222,3 +223,61 @@ def test_an_inotify_watch_of_a_deleted_file_is_refused(processes, tmp_path):
     status = proc.status(target.pid)
     assert status["TracerPid"] == "0" and status["State"][0] in "SR"
     assert not (tmp_path / "images").exists()
+
+
+def test_tcp_and_udp_sockets_without_connections_carry_on(victim, processes, tmp_path):
+    """Listening TCP sockets (IPv4 and IPv6), a bound and a connected UDP socket, a TCP socket not used yet:
+    the same ports, options and behaviour after the restore; clients connect and are accepted."""
+    report, _, images = _same_as_plain_run(victim, processes, tmp_path, "inet")
+    ports = [line for line in report.splitlines() if line.startswith("port ")]
+    assert len(ports) == 6 and ports[:3] == ports[3:]  # at the setup, and after the restore
+    assert "50: SO_REUSEADDR 1, TCP_NODELAY 1, O_NONBLOCK 1\n51: IPV6_V6ONLY 1; " in report
+    assert "tcp4: 'tcp4', accepted with TCP_NODELAY 1\ntcp6: 'tcp6', accepted with TCP_NODELAY 0\n" in report
+    assert "udp 52: 'datagram' from 53: yes\n" in report
+    shown = json.loads(show(str(images)))
+    sockets = sorted((e["isk"]["proto"], e["isk"]["state"], e["isk"]["src_addr"], e["isk"]["backlog"])
+                     for e in shown["files.img"]["entries"] if e["type"] == "INETSK")
+    assert sockets == [("TCP", "CLOSE", ["0.0.0.0"], 0), ("TCP", "LISTEN", ["127.0.0.1"], 7),
+                       ("TCP", "LISTEN", ["::1"], 3), ("UDP", "CLOSE", ["127.0.0.1"], 0),
+                       ("UDP", "ESTABLISHED", ["127.0.0.1"], 0)]
+
+
+def test_a_python_http_server_serves_on_after_a_restore(processes, tmp_path):
+    (tmp_path / "index.html").write_text("restored\n")
+    with socket.socket() as probe:  # a port free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = processes.start([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)], cwd=tmp_path,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: _get(port) == "restored\n", "the server to answer")
+    dump(server.pid, str(tmp_path / "images"))
+    server.wait()
+    processes.track(restore(str(tmp_path / "images"), detach=True))
+    assert _get(port) == "restored\n"
+
+
+def _get(port):
+    """The body of GET / from the server on port, or None if nothing answers there."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return b"".join(iter(lambda: client.recv(4096), b"")).partition(b"\r\n\r\n")[2].decode()
+    except ConnectionRefusedError:
+        return None
+
+
+def test_a_tcp_connection_is_refused_naming_its_ends(processes, tmp_path):
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        script = (f"import socket, time\ns = socket.create_connection(('127.0.0.1', {port}))\n"
+                  "print(s.fileno(), s.getsockname()[1], flush=True)\nwhile True: time.sleep(0.05)")
+        target = processes.start([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        fd, local_port = (int(word) for word in target.stdout.readline().split())
+        with pytest.raises(CriupyError, match=rf"^fd {fd} is a TCP connection from 127.0.0.1:{local_port} to "
+                                              rf"127.0.0.1:{port}: not supported yet$"):
+            dump(target.pid, str(tmp_path / "images"))
+    status = proc.status(target.pid)
+    assert status["TracerPid"] == "0" and status["State"][0] in "SR"

@@ -310,6 +310,11 @@ def _our_messages():
     return found
 
 
+# Messages of newer CRIUs than Debian's 3.17: message -> (the message that holds it, its field number), a field
+# crit 3.17 does not know and skips when it decodes
+NEWER_THAN_CRIT = {"tcp_opts_entry": ("inet_sk_entry", 20)}
+
+
 @pytest.mark.skipif(not os.path.isdir("/usr/lib/python3/dist-packages/pycriu"), reason="CRIU's pycriu is not installed")
 def test_schemas_match_crits_wire_layout():
     """Every field crit 3.17 knows has our number, name, type and label; every field it requires we have."""
@@ -317,6 +322,10 @@ def test_schemas_match_crits_wire_layout():
     ours = _our_messages()
     assert len(ours) > 60
     for name, message in ours.items():
+        if name in NEWER_THAN_CRIT:
+            user, number = NEWER_THAN_CRIT[name]
+            assert number not in theirs[user], f"crit 3.17 reads {user} field {number} as something else"
+            continue
         assert name in theirs, f"crit 3.17 has no message {name}"
         our_fields = {f.number: (f.name, f.type, f.is_required, f.is_repeated) for f in message.fields}
         for number, field in our_fields.items():

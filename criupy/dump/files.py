@@ -4,8 +4,9 @@ Open file descriptors come from /proc/PID/fd and /proc/PID/fdinfo. Regular files
 character devices (other than terminals) are dumped by path, with their flags and position; pipes by
 inode, with the bytes still in them, read without taking them: the parasite sends criupy a copy of the
 pipe's read end and tee() duplicates the buffered data into a pipe of criupy's (as CRIU does). Other
-kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues; anon: eventfd,
-signalfd, timerfd; eventpoll; inotify; tty: terminals and ptys; memfd). FIFOs are dumped by path, their data as a
+kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues; inet: TCP and UDP
+sockets without a connection; anon: eventfd, signalfd, timerfd; eventpoll; inotify; tty: terminals and
+ptys; memfd). FIFOs are dumped by path, their data as a
 pipe's. Every other kind of file stops the dump, naming the fd.
 
 Files the task uses without an fd (mapped files, the executable, cwd, root) are entries of the same
@@ -23,7 +24,7 @@ import stat
 from typing import NamedTuple
 
 from criupy import buildid, proc
-from criupy.dump.fds import anon, eventpoll, inotify, memfd, unix
+from criupy.dump.fds import anon, eventpoll, inet, inotify, memfd, unix
 from criupy.errors import CriupyError
 from criupy.images.pb import (fdinfo_pb2, fifo_pb2, fown_pb2, ghost_file_pb2, pipe_data_pb2, pipe_pb2,
                               regfile_pb2, remap_file_path_pb2, time_pb2)
@@ -199,13 +200,14 @@ class OpenFd:
         self.info = info    # proc.FdInfo
         self.st = st        # os.stat_result
         self.kind = kind    # a key of FD_TYPES
-        self.sock = None    # unix.UnixSocket, for kind "unix"
+        self.sock = None    # unix.UnixSocket for kind "unix", inet.InetSocket for "inet"
 
 
 # kind -> fdinfo type
-FD_TYPES = {"reg": fdinfo_pb2.REG, "pipe": fdinfo_pb2.PIPE, "unix": fdinfo_pb2.UNIXSK, "fifo": fdinfo_pb2.FIFO, "eventfd": fdinfo_pb2.EVENTFD,
-            "signalfd": fdinfo_pb2.SIGNALFD, "timerfd": fdinfo_pb2.TIMERFD, "eventpoll": fdinfo_pb2.EVENTPOLL,
-            "tty": fdinfo_pb2.TTY, "memfd": fdinfo_pb2.MEMFD, "inotify": fdinfo_pb2.INOTIFY}
+FD_TYPES = {"reg": fdinfo_pb2.REG, "pipe": fdinfo_pb2.PIPE, "unix": fdinfo_pb2.UNIXSK, "inet": fdinfo_pb2.INETSK,
+            "fifo": fdinfo_pb2.FIFO, "eventfd": fdinfo_pb2.EVENTFD, "signalfd": fdinfo_pb2.SIGNALFD,
+            "timerfd": fdinfo_pb2.TIMERFD, "eventpoll": fdinfo_pb2.EVENTPOLL, "tty": fdinfo_pb2.TTY,
+            "memfd": fdinfo_pb2.MEMFD, "inotify": fdinfo_pb2.INOTIFY}
 
 
 def _kind(fd, link, st):
@@ -237,7 +239,7 @@ def inspect_fds(pid, tree_pids=()):
 
     tree_pids: the other processes dumped with it; a unix socket's peer may be open in one of them."""
     result = []
-    sockets = None  # every unix socket, listed once the task has any socket
+    sockets = None  # every unix, TCP and UDP socket, listed once the task has any socket
     for fd in proc.fds(pid):
         read = _read_fd(pid, fd)
         if read is None:
@@ -248,10 +250,13 @@ def inspect_fds(pid, tree_pids=()):
             raise CriupyError(f"fd {fd}: file {link[:-len(' (deleted)')]} was deleted: not supported yet")
         open_fd = OpenFd(fd, link, info, st, kind)
         if kind == "socket":
-            sockets = unix.unix_sockets() if sockets is None else sockets
-            open_fd.kind, open_fd.sock = "unix", sockets.get(st.st_ino)
-            if open_fd.sock is None:
-                raise _unsupported(fd, "a socket", link)  # not a unix socket
+            sockets = {**unix.unix_sockets(), **inet.inet_sockets()} if sockets is None else sockets
+            open_fd.sock = sockets.get(st.st_ino) or inet.unbound_socket(pid, fd, st.st_ino)
+            if isinstance(open_fd.sock, unix.UnixSocket):
+                open_fd.kind = "unix"
+            else:
+                open_fd.kind = "inet"
+                inet.check(fd, open_fd.sock)
         result.append(open_fd)
     task_sockets = {open_fd.sock.ino for open_fd in result if open_fd.kind == "unix"}
     if sockets is not None:
@@ -323,7 +328,7 @@ def dump_fds(pid, open_fds, files, steal_fds, terminals, stat):
     """
     sockets = {}  # socket inode -> the first OpenFd of it: the fd its copy is stolen from
     for open_fd in open_fds:
-        if open_fd.kind == "unix":
+        if open_fd.kind in ("unix", "inet"):
             sockets.setdefault(open_fd.sock.ino, open_fd)
     stolen = steal_fds([open_fd.fd for open_fd in sockets.values()]) if sockets else []
     try:
@@ -336,6 +341,7 @@ def dump_fds(pid, open_fds, files, steal_fds, terminals, stat):
 def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
     fdinfo = []
     sk_queues = []
+    inet_now = None  # TCP and UDP sockets, listed again once frozen
     pipe_readers = {}  # pipe inode -> OpenFd of the first read end: where its data is read from
     fifo_readers = {}  # the same for FIFOs
     for open_fd in open_fds:
@@ -354,6 +360,11 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
                 files.add(fdinfo_pb2.UNIXSK, "usk",
                           unix.socket_entry(file_id, flags, open_fd.sock, copy, _no_owner()))
                 sk_queues += unix.queued_messages(open_fd.fd, file_id, copy)
+            elif open_fd.kind == "inet":
+                inet_now = inet.inet_sockets() if inet_now is None else inet_now  # their states at the stop
+                now = inet_now.get(open_fd.sock.ino, open_fd.sock)
+                files.add(fdinfo_pb2.INETSK, "isk", inet.socket_entry(open_fd.fd, file_id, flags, now,
+                                                                      stolen_sockets[now.ino], _no_owner()))
             elif open_fd.kind == "eventfd":
                 files.add(fdinfo_pb2.EVENTFD, "efd", anon.eventfd_entry(file_id, flags, open_fd.info, _no_owner()))
             elif open_fd.kind == "signalfd":

@@ -10,6 +10,8 @@ import base64
 import json
 import os
 import quopri
+import socket
+import struct
 
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -45,6 +47,8 @@ FLAG_NAMES = {
 VALUE_NAMES = {
     "gen": {"task_state": {1: "Alive", 3: "Zombie", 6: "Stopped"}},
     "sk": {
+        "family": {1: "UNIX", 2: "INET", 10: "INET6", 16: "NETLINK", 17: "PACKET"},
+        "proto": {0: "IP", 6: "TCP", 17: "UDP", 136: "UDPLITE"},
         "type": {1: "STREAM", 2: "DGRAM", 3: "RAW", 5: "SEQPACKET", 10: "PACKET"},
         "state": {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
                   6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN"},
@@ -99,7 +103,10 @@ def message_to_dict(message, in_hex=False):
     """A message as crit prints it: set fields only, in field-number order."""
     result = {}
     for field, value in message.ListFields():
-        if field.is_repeated:
+        if field.GetOptions().Extensions[opts_pb2.criu].ipadd:  # an address's words: [its text], as crit
+            family = socket.AF_INET6 if len(value) == 4 else socket.AF_INET
+            result[field.name] = [socket.inet_ntop(family, struct.pack(f"={len(value)}I", *value))]
+        elif field.is_repeated:
             result[field.name] = [_value(field, item, in_hex) for item in value]
         else:
             result[field.name] = _value(field, value, in_hex)

@@ -265,6 +265,9 @@ def _open_all(task, opened, pipes, sockets, fifos, memfds, by_file_id):
                 fcntl.fcntl(source, fcntl.F_SETFL, entry.pipe.flags & STATUS_FLAGS)
             elif entry.type == fdinfo_pb2.UNIXSK:
                 source = sockets[fdinfo.id]
+            elif entry.type == fdinfo_pb2.INETSK:
+                from criupy.restore.fds import inet  # here, as unix: the socket module only for tasks with sockets
+                source = opened.hold(inet.open_socket(entry.isk))
             elif entry.type == fdinfo_pb2.FIFO:
                 reg = _reg(task, entry.fifo.regf_id, f"fd {fdinfo.fd}")
                 source = opened.hold(fifo.open_end(_path(reg), reg.flags & ~OPEN_FLAGS_DROPPED,

@@ -1,7 +1,7 @@
 /* fds TRIGGER KIND: opens fds of one kind with state in them (queued messages, counters, timers...),
  * prints "ready", waits (sleeping) until the file TRIGGER exists, then prints what its fds hold and how
  * they behave, and exits. A run that was dumped and restored while it waited must print the same as a
- * run that never was. KIND: unix, anon (eventfd, signalfd, timerfd, epoll), fifo, inotify. */
+ * run that never was. KIND: unix, anon (eventfd, signalfd, timerfd, epoll), fifo, inotify, inet. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -12,6 +12,10 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <poll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -282,6 +286,111 @@ static void inotify_report(const char *trigger)
 	printf("inotify then: %s\n", n < 0 && errno == EAGAIN ? "EAGAIN" : "readable");
 }
 
+static int option(int fd, int level, int name)
+{
+	int value = -1;
+	socklen_t len = sizeof(value);
+
+	if (getsockopt(fd, level, name, &value, &len))
+		die("getsockopt");
+	return value;
+}
+
+/* "port FD PORT" of the fds bound by inet_setup: the same before the dump and after the restore. */
+static void inet_ports(void)
+{
+	for (int fd = 50; fd <= 52; fd++) {
+		struct sockaddr_in6 address;
+		socklen_t len = sizeof(address);
+
+		if (getsockname(fd, (struct sockaddr *)&address, &len))
+			die("getsockname");
+		printf("port %d %d\n", fd, ntohs(address.sin6_port));  /* sin_port is at the same offset */
+	}
+}
+
+/* TCP listening on 127.0.0.1 at 50 (non-blocking, SO_REUSEADDR, TCP_NODELAY, backlog 7) and on ::1 at 51
+ * (IPV6_V6ONLY); UDP bound to 127.0.0.1 at 52 (SO_RCVBUF 65536) and connected to it at 53; a TCP socket
+ * not used yet at 54. All on ports the kernel chose. */
+static void inet_setup(void)
+{
+	struct sockaddr_in v4 = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in6 v6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+	struct sockaddr_in bound;
+	socklen_t len = sizeof(bound);
+	int one = 1, size = 65536;
+
+	at(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), 50);
+	if (setsockopt(50, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+	    setsockopt(50, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) ||
+	    bind(50, (struct sockaddr *)&v4, sizeof(v4)) || listen(50, 7))
+		die("tcp4");
+	at(socket(AF_INET6, SOCK_STREAM, 0), 51);
+	if (setsockopt(51, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) ||
+	    bind(51, (struct sockaddr *)&v6, sizeof(v6)) || listen(51, 3))
+		die("tcp6");
+	at(socket(AF_INET, SOCK_DGRAM, 0), 52);
+	if (setsockopt(52, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size)) || bind(52, (struct sockaddr *)&v4, sizeof(v4)) ||
+	    getsockname(52, (struct sockaddr *)&bound, &len))
+		die("udp");
+	at(socket(AF_INET, SOCK_DGRAM, 0), 53);
+	if (connect(53, (struct sockaddr *)&bound, sizeof(bound)))
+		die("udp connect");
+	at(socket(AF_INET, SOCK_STREAM, 0), 54);
+	inet_ports();
+}
+
+/* Connect to listener fd, accept, and send a line through: what a client of the restored process does. */
+static void inet_talk(int listener, const char *name)
+{
+	struct sockaddr_storage address;
+	socklen_t len = sizeof(address);
+	struct pollfd ready = { .fd = listener, .events = POLLIN };
+	char buf[64];
+	int client, server;
+	ssize_t n;
+
+	if (getsockname(listener, (struct sockaddr *)&address, &len))
+		die("getsockname");
+	client = socket(address.ss_family, SOCK_STREAM, 0);
+	if (client < 0 || connect(client, (struct sockaddr *)&address, len) || poll(&ready, 1, 5000) != 1)
+		die("connect");
+	server = accept(listener, NULL, NULL);
+	if (server < 0 || write(client, name, strlen(name)) != (ssize_t)strlen(name))
+		die("accept");
+	n = read(server, buf, sizeof(buf));
+	printf("%s: '%.*s', accepted with TCP_NODELAY %d\n", name, (int)(n > 0 ? n : 0), buf,
+	       option(server, IPPROTO_TCP, TCP_NODELAY));
+	close(client);
+	close(server);
+}
+
+static void inet_report(void)
+{
+	struct sockaddr_in from, sender;
+	socklen_t len = sizeof(from), sender_len = sizeof(sender);
+	char buf[64];
+	ssize_t n;
+
+	inet_ports();
+	printf("50: SO_REUSEADDR %d, TCP_NODELAY %d, O_NONBLOCK %d\n", option(50, SOL_SOCKET, SO_REUSEADDR),
+	       option(50, IPPROTO_TCP, TCP_NODELAY), !!(fcntl(50, F_GETFL) & O_NONBLOCK));
+	printf("51: IPV6_V6ONLY %d; 52: SO_RCVBUF %d\n", option(51, IPPROTO_IPV6, IPV6_V6ONLY),
+	       option(52, SOL_SOCKET, SO_RCVBUF));
+	inet_talk(50, "tcp4");
+	inet_talk(51, "tcp6");
+	if (send(53, "datagram", 8, 0) != 8)
+		die("send");
+	n = recvfrom(52, buf, sizeof(buf), 0, (struct sockaddr *)&from, &len);
+	if (getsockname(53, (struct sockaddr *)&sender, &sender_len))
+		die("getsockname");
+	printf("udp 52: '%.*s' from 53: %s\n", (int)(n > 0 ? n : 0), buf,
+	       from.sin_port == sender.sin_port ? "yes" : "no");
+	if (listen(54, 1))
+		die("listen 54");
+	inet_talk(54, "tcp4 unused until now");
+}
+
 int main(int argc, char **argv)
 {
 	struct timespec nap = { 0, 5000000 };
@@ -297,6 +406,8 @@ int main(int argc, char **argv)
 		fifo_setup(argv[1]);
 	else if (!strcmp(argv[2], "inotify"))
 		inotify_setup(argv[1]);
+	else if (!strcmp(argv[2], "inet"))
+		inet_setup();
 	else
 		return 2;
 	printf("ready\n");
@@ -308,7 +419,9 @@ int main(int argc, char **argv)
 		anon_report();
 	else if (!strcmp(argv[2], "fifo"))
 		fifo_report();
-	else
+	else if (!strcmp(argv[2], "inotify"))
 		inotify_report(argv[1]);
+	else
+		inet_report();
 	return 0;
 }

@@ -1,7 +1,7 @@
 """Unix socket pairs: a unix_sk_entry per socket in files.img, the queued messages in sk-queues.img.
 
 What the kernel knows of a unix socket (its type, state, name, peer, shutdown) comes from sock_diag
-(NETLINK_SOCK_DIAG), as `ss -x` reads it. criupy dumps unnamed connected sockets whose peer is open in
+(criupy/dump/fds/sockets.py), as `ss -x` reads it. criupy dumps unnamed connected sockets whose peer is open in
 the same process or another of the dumped tree (socketpair); any other unix socket stops the dump,
 naming the fd.
 
@@ -16,26 +16,20 @@ import logging
 import socket
 import struct
 
+from criupy.dump.fds.sockets import attributes, sk_opts, sock_diag
 from criupy.errors import CriupyError
-from criupy.images.pb import sk_opts_pb2, sk_packet_pb2, sk_unix_pb2
+from criupy.images.pb import sk_packet_pb2, sk_unix_pb2
 
 log = logging.getLogger("criupy.dump")
 
-NETLINK_SOCK_DIAG = 4
-SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 UDIAG_SHOW_NAME, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN, UDIAG_SHOW_SHUTDOWN = 0x1, 0x4, 0x10, 0x80
 UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 2, 4, 6
-NLMSGHDR = struct.Struct("=IHHII")
 UNIX_DIAG_REQ = struct.Struct("=BBHIIIII")
 UNIX_DIAG_MSG = struct.Struct("=BBBBIII")
-RTATTR = struct.Struct("=HH")
 TCP_ESTABLISHED = 1
 
 SO_PEEK_OFF = 42
 SCM_MAX_FD = 253
-TIMEVAL = struct.Struct("=qq")
 SOCKET_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram"}
 
 
@@ -51,43 +45,23 @@ class UnixSocket:
         self.shutdown = 0    # RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2 (sk_shutdown's values)
 
 
-def _attributes(data):
-    while len(data) >= RTATTR.size:
-        length, kind = RTATTR.unpack_from(data)
-        if length < RTATTR.size:
-            break
-        yield kind, data[RTATTR.size:length]
-        data = data[(length + 3) & ~3:]
-
-
 def unix_sockets():
     """Every unix socket of criupy's network namespace: {inode: UnixSocket}."""
     show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_SHUTDOWN
     request = UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, show, 0xFFFFFFFF, 0xFFFFFFFF)
-    header = NLMSGHDR.pack(NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
     found = {}
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as nl:
-        nl.sendto(header + request, (0, 0))
-        while True:
-            data = nl.recv(1 << 16)
-            while len(data) >= NLMSGHDR.size:
-                length, kind, _, _, _ = NLMSGHDR.unpack_from(data)
-                body, data = data[NLMSGHDR.size:length], data[(length + 3) & ~3:]
-                if kind == NLMSG_DONE:
-                    return found
-                if kind == NLMSG_ERROR:
-                    error = -struct.unpack_from("=i", body)[0]
-                    raise CriupyError(f"cannot list unix sockets (sock_diag): error {error}")
-                _, sock_type, state, _, ino, _, _ = UNIX_DIAG_MSG.unpack_from(body)
-                sock = UnixSocket(ino, sock_type, state)
-                for attr, value in _attributes(body[UNIX_DIAG_MSG.size:]):
-                    if attr == UNIX_DIAG_NAME:
-                        sock.name = bytes(value)
-                    elif attr == UNIX_DIAG_PEER:
-                        sock.peer = struct.unpack_from("=I", value)[0]
-                    elif attr == UNIX_DIAG_SHUTDOWN:
-                        sock.shutdown = value[0]
-                found[ino] = sock
+    for body in sock_diag(request, "unix sockets"):
+        _, sock_type, state, _, ino, _, _ = UNIX_DIAG_MSG.unpack_from(body)
+        sock = UnixSocket(ino, sock_type, state)
+        for attr, value in attributes(body[UNIX_DIAG_MSG.size:]):
+            if attr == UNIX_DIAG_NAME:
+                sock.name = bytes(value)
+            elif attr == UNIX_DIAG_PEER:
+                sock.peer = struct.unpack_from("=I", value)[0]
+            elif attr == UNIX_DIAG_SHUTDOWN:
+                sock.shutdown = value[0]
+        found[ino] = sock
+    return found
 
 
 def check(fd, sock, task_sockets):
@@ -109,22 +83,11 @@ def check(fd, sock, task_sockets):
                           f"not supported yet")
 
 
-def _opts(sock):
-    snd_sec, snd_usec = TIMEVAL.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, TIMEVAL.size))
-    rcv_sec, rcv_usec = TIMEVAL.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL.size))
-    return sk_opts_pb2.sk_opts_entry(
-        so_sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-        so_rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-        so_snd_tmo_sec=snd_sec, so_snd_tmo_usec=snd_usec, so_rcv_tmo_sec=rcv_sec, so_rcv_tmo_usec=rcv_usec,
-        so_passcred=bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)),
-        so_rcvlowat=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
-
-
 def socket_entry(file_id, file_flags, sock, stolen_fd, fown):
     """The unix_sk_entry of sock (UnixSocket), its options read through stolen_fd (criupy's copy)."""
     with socket.socket(fileno=stolen_fd) as copy:
         try:
-            opts = _opts(copy)
+            opts = sk_opts(copy)
         finally:
             copy.detach()
     return sk_unix_pb2.unix_sk_entry(

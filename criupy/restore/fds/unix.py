@@ -3,35 +3,12 @@ peer end, then shutdown. The restorer puts each end at its fd number."""
 
 import fcntl
 import socket
-import struct
 
 from criupy.errors import CriupyError
+from criupy.restore.fds.sockets import set_sk_opts
 
-TIMEVAL = "=qq"
 SEND_SHUTDOWN_HOW = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}  # sk_shutdown -> how
 STATUS_FLAGS = 0o4000 | 0o20000  # O_NONBLOCK | O_ASYNC
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
-
-
-def _set_buffer(sock, force, plain, size):
-    """The kernel doubles what is asked for: ask for half. FORCE passes net.core.*mem_max (root only)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, force, size // 2)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, plain, size // 2)
-
-
-def _set_options(sock, opts):
-    _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, opts.so_sndbuf)
-    _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, opts.so_rcvbuf)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack(TIMEVAL, opts.so_snd_tmo_sec,
-                                                                       opts.so_snd_tmo_usec))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack(TIMEVAL, opts.so_rcv_tmo_sec,
-                                                                       opts.so_rcv_tmo_usec))
-    if opts.HasField("so_passcred"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, int(opts.so_passcred))
-    if opts.HasField("so_rcvlowat"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, opts.so_rcvlowat)
 
 
 def open_pair(first, second, queues, hold):
@@ -45,7 +22,7 @@ def open_pair(first, second, queues, hold):
     fds = []
     try:
         for sock, entry in zip(ends, (first, second)):
-            _set_options(sock, entry.opts)
+            set_sk_opts(sock, entry.opts)
         for receiver, sender, entry in ((ends[0], ends[1], first), (ends[1], ends[0], second)):
             sender.setblocking(False)
             for message in queues.get(entry.id, []):
