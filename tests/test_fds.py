@@ -115,8 +115,14 @@ def test_unix_socket_pairs_keep_their_queues_both_ways(victim, processes, tmp_pa
 # --- what stays refused: one line naming the fd, the process running on untouched ---------------------
 
 REFUSED = [
-    pytest.param("s = socket.socket(socket.AF_UNIX)\ns.bind(PATH)\nfd = s.fileno()",
-                 r"^fd {fd} is a unix socket bound to \S+/bound.sock: not supported yet$", id="bound"),
+    pytest.param("s = socket.socket(socket.AF_UNIX)\ns.bind(PATH)\ns.listen()\nc = socket.socket(socket.AF_UNIX)\n"
+                 "c.connect(PATH)\nfd = s.fileno()",
+                 r"^fd {fd} is a unix socket listening on \S+/bound.sock with 1 connections not accepted yet: "
+                 r"not supported yet$", id="connection-waiting"),
+    pytest.param("s = socket.socket(socket.AF_UNIX)\nos.chdir(os.path.dirname(PATH))\ns.bind('relative.sock')\n"
+                 "fd = s.fileno()",
+                 r"^fd {fd} is a unix socket bound to relative.sock, a path relative to its directory then: "
+                 r"not supported yet$", id="relative"),
     pytest.param("s = socket.socket(socket.AF_UNIX)\ns.connect(LISTENING)\nfd = s.fileno()",
                  r"^fd {fd} is a unix socket connected to a socket outside the dumped processes: not supported yet$",
                  id="outside-peer"),
@@ -133,7 +139,7 @@ def test_unix_sockets_criupy_cannot_dump_are_named(processes, tmp_path, setup, m
     listening = socket.socket(socket.AF_UNIX)
     listening.bind(str(tmp_path / "listening.sock"))
     listening.listen()
-    script = (f"import socket, time\nPATH = {str(tmp_path / 'bound.sock')!r}\n"
+    script = (f"import os, socket, time\nPATH = {str(tmp_path / 'bound.sock')!r}\n"
               f"LISTENING = {str(tmp_path / 'listening.sock')!r}\n{setup}\nprint(fd, flush=True)\n"
               "while True: time.sleep(0.05)")
     victim = processes.start([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -281,3 +287,53 @@ def test_a_tcp_connection_is_refused_naming_its_ends(processes, tmp_path):
             dump(target.pid, str(tmp_path / "images"))
     status = proc.status(target.pid)
     assert status["TracerPid"] == "0" and status["State"][0] in "SR"
+
+
+UNIX_SERVER = """
+import os, select, socket
+path, dgram_path, abstract_name = {path!r}, {dgram_path!r}, {abstract_name!r}
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+listener.listen(4)
+os.chmod(path, 0o640)
+abstract = socket.socket(socket.AF_UNIX)
+abstract.bind(abstract_name)
+abstract.listen()
+dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+dgram.bind(dgram_path)
+print("ready", flush=True)
+while True:
+    for ready in select.select([listener, abstract, dgram], [], [])[0]:
+        if ready is dgram:
+            print("datagram", ready.recv(100).decode(), flush=True)
+        else:
+            client, _ = ready.accept()
+            client.sendall(b"hello from " + (b"path" if ready is listener else b"abstract"))
+            client.close()
+"""
+
+
+def test_unix_sockets_listening_or_bound_are_bound_again(processes, tmp_path):
+    """A listener on a path (its file's mode kept), one on an abstract name, a datagram socket bound to a path:
+    clients reach each after the restore. A second restore while the first runs finds the path in use."""
+    path, dgram_path = str(tmp_path / "server.sock"), str(tmp_path / "dgram.sock")
+    abstract_name = f"\0criupy-test-{os.getpid()}"
+    out = tmp_path / "server.out"
+    script = UNIX_SERVER.format(path=path, dgram_path=dgram_path, abstract_name=abstract_name)
+    with open(out, "w") as f:
+        server = processes.start([sys.executable, "-c", script], stdout=f, stdin=subprocess.DEVNULL,
+                                 stderr=subprocess.STDOUT)
+    _wait_for(out, "ready\n")
+    dump(server.pid, str(tmp_path / "images"))
+    server.wait()
+    processes.track(restore(str(tmp_path / "images"), detach=True))
+    for name, greeting in ((path, b"hello from path"), (abstract_name, b"hello from abstract")):
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(name)
+            assert client.recv(100) == greeting
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.sendto(b"after", dgram_path)
+    _wait_for(out, "datagram after\n")
+    assert os.stat(path).st_mode == 0o140640
+    with pytest.raises(CriupyError, match=rf"^unix socket {path} is in use by another process$"):
+        restore(str(tmp_path / "images"), detach=True)

@@ -341,7 +341,7 @@ def dump_fds(pid, open_fds, files, steal_fds, terminals, stat):
 def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
     fdinfo = []
     sk_queues = []
-    inet_now = None  # TCP and UDP sockets, listed again once frozen
+    unix_now = inet_now = None  # unix sockets with no peer, TCP and UDP sockets: listed again once frozen
     pipe_readers = {}  # pipe inode -> OpenFd of the first read end: where its data is read from
     fifo_readers = {}  # the same for FIFOs
     for open_fd in open_fds:
@@ -355,6 +355,12 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
             if open_fd.kind == "pipe":
                 files.add_pipe(pipe_pb2.pipe_entry(id=file_id, pipe_id=open_fd.st.st_ino, flags=flags,
                                                    fown=_no_owner()))
+            elif open_fd.kind == "unix" and open_fd.sock.peer == 0:  # listening, bound or unused: checked again
+                unix_now = unix.unix_sockets() if unix_now is None else unix_now  # their states at the stop
+                now = unix_now.get(open_fd.sock.ino, open_fd.sock)
+                unix.check(open_fd.fd, now, ())
+                files.add(fdinfo_pb2.UNIXSK, "usk",
+                          unix.socket_entry(file_id, flags, now, stolen_sockets[now.ino], _no_owner()))
             elif open_fd.kind == "unix":
                 copy = stolen_sockets[open_fd.sock.ino]
                 files.add(fdinfo_pb2.UNIXSK, "usk",

@@ -233,16 +233,19 @@ def _create_ghosts(task):
 
 
 def _open_socket_pairs(task, opened):
-    """Every unix socket pair, queues refilled: file id -> fd."""
+    """Every unix socket pair, queues refilled, and every unix socket with no peer: file id -> fd."""
     by_ino = {entry.usk.ino: entry.usk for entry in task.files.values() if entry.type == fdinfo_pb2.UNIXSK}
     fds = {}
     for sock in by_ino.values():
         if sock.id in fds:
             continue
+        from criupy.restore.fds import unix  # here: it loads the socket module, which a task without sockets skips
+        if sock.peer == 0:  # listening, bound or not used yet
+            fds[sock.id] = opened.hold(unix.open_unpaired(sock))
+            continue
         peer = by_ino.get(sock.peer)
         if peer is None or peer.peer != sock.ino:
             raise CriupyError(f"image files.img is corrupt: unix socket {sock.ino} has no peer {sock.peer} in it")
-        from criupy.restore.fds import unix  # here: it loads the socket module, which a task without sockets skips
         fds[sock.id], fds[peer.id] = unix.open_pair(sock, peer, task.sk_queues, opened.hold)
     return fds
 

@@ -1,9 +1,11 @@
-"""Unix socket pairs: a unix_sk_entry per socket in files.img, the queued messages in sk-queues.img.
+"""Unix sockets: a unix_sk_entry per socket in files.img, the queued messages in sk-queues.img.
 
-What the kernel knows of a unix socket (its type, state, name, peer, shutdown) comes from sock_diag
-(criupy/dump/fds/sockets.py), as `ss -x` reads it. criupy dumps unnamed connected sockets whose peer is open in
-the same process or another of the dumped tree (socketpair); any other unix socket stops the dump,
-naming the fd.
+What the kernel knows of a unix socket (its type, state, name, peer, shutdown, queue) comes from sock_diag
+(criupy/dump/fds/sockets.py), as `ss -x` reads it. criupy dumps unnamed connected sockets whose peer is open
+in the same process or another of the dumped tree (socketpair), and sockets with no peer: listening (no
+connection waiting to be accepted), datagram sockets bound and not connected (nothing queued), sockets
+not used yet; a name is a path (absolute, its file still the socket's) or abstract. Any other unix
+socket stops the dump, naming the fd.
 
 The queued messages are read from a copy of the socket (stolen by the parasite) with MSG_PEEK and
 SO_PEEK_OFF, so each recvmsg returns the next message and none is taken from the queue; the socket's
@@ -13,6 +15,7 @@ receiving socket's file id (as CRIU's sk-queue.c). Messages carrying fds (SCM_RI
 
 import array
 import logging
+import os
 import socket
 import struct
 
@@ -22,11 +25,11 @@ from criupy.images.pb import sk_packet_pb2, sk_unix_pb2
 
 log = logging.getLogger("criupy.dump")
 
-UDIAG_SHOW_NAME, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN, UDIAG_SHOW_SHUTDOWN = 0x1, 0x4, 0x10, 0x80
-UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 2, 4, 6
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN, UDIAG_SHOW_SHUTDOWN = 0x1, 0x2, 0x4, 0x10, 0x80
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 1, 2, 4, 6
 UNIX_DIAG_REQ = struct.Struct("=BBHIIIII")
 UNIX_DIAG_MSG = struct.Struct("=BBBBIII")
-TCP_ESTABLISHED = 1
+TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
 
 SO_PEEK_OFF = 42
 SCM_MAX_FD = 253
@@ -40,40 +43,58 @@ class UnixSocket:
         self.ino = ino
         self.type = type
         self.state = state
-        self.name = b""      # b"" when unnamed
+        self.name = b""      # b"" when unnamed; an abstract name starts with a NUL, a path has none
+        self.vfs_ino = 0     # the inode of the file a socket bound to a path made
         self.peer = 0        # inode of the peer socket, 0 if none
         self.shutdown = 0    # RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2 (sk_shutdown's values)
+        self.rqueue = 0      # a listener's connections not accepted yet; else bytes waiting to be read
+        self.wqueue = 0      # a listener's backlog
+
+    @property
+    def shown_name(self):
+        return shown_name(self.name)
+
+
+def shown_name(name):
+    """A unix socket's name as ss shows it: @ for an abstract name's NUL."""
+    if name[:1] == b"\0":
+        return "@" + name[1:].decode(errors="replace")
+    return name.decode(errors="replace")
 
 
 def unix_sockets():
     """Every unix socket of criupy's network namespace: {inode: UnixSocket}."""
-    show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_SHUTDOWN
+    show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_SHUTDOWN
     request = UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, show, 0xFFFFFFFF, 0xFFFFFFFF)
     found = {}
     for body in sock_diag(request, "unix sockets"):
         _, sock_type, state, _, ino, _, _ = UNIX_DIAG_MSG.unpack_from(body)
         sock = UnixSocket(ino, sock_type, state)
         for attr, value in attributes(body[UNIX_DIAG_MSG.size:]):
-            if attr == UNIX_DIAG_NAME:
-                sock.name = bytes(value)
+            if attr == UNIX_DIAG_NAME:  # as bind() was given it: a path may end with its C string's NUL
+                sock.name = bytes(value) if value[:1] == b"\0" else bytes(value).rstrip(b"\0")
             elif attr == UNIX_DIAG_PEER:
                 sock.peer = struct.unpack_from("=I", value)[0]
             elif attr == UNIX_DIAG_SHUTDOWN:
                 sock.shutdown = value[0]
+            elif attr == UNIX_DIAG_VFS:
+                sock.vfs_ino = struct.unpack_from("=I", value)[0]
+            elif attr == UNIX_DIAG_RQLEN:
+                sock.rqueue, sock.wqueue = struct.unpack_from("=II", value)
         found[ino] = sock
     return found
 
 
 def check(fd, sock, task_sockets):
     """Raise naming fd unless sock is one end of a pair whose other end is in task_sockets (the task's,
-    and those of the other processes dumped with it)."""
-    if sock.name:
-        # an abstract name starts with a NUL (shown as @, as ss does); a path ends with one
-        name = "@" + sock.name[1:].decode(errors="replace") if sock.name[0] == 0 else \
-            sock.name.rstrip(b"\0").decode(errors="replace")
-        raise CriupyError(f"fd {fd} is a unix socket bound to {name}: not supported yet")
+    and those of the other processes dumped with it), or a socket with no peer: listening, bound or unused."""
     if sock.type not in SOCKET_TYPES:
         raise CriupyError(f"fd {fd} is a unix socket of type {sock.type} (seqpacket?): not supported yet")
+    if sock.peer == 0 and sock.state in (TCP_LISTEN, TCP_CLOSE):
+        _check_unpaired(fd, sock)
+        return
+    if sock.name:
+        raise CriupyError(f"fd {fd} is a unix socket bound to {sock.shown_name} and connected: not supported yet")
     if sock.state != TCP_ESTABLISHED:
         raise CriupyError(f"fd {fd} is a unix socket that is not connected: not supported yet")
     if sock.peer == 0:
@@ -83,6 +104,25 @@ def check(fd, sock, task_sockets):
                           f"not supported yet")
 
 
+def _check_unpaired(fd, sock):
+    """A listening socket, a datagram socket bound and not connected, a socket not used yet."""
+    what = f"fd {fd} is a unix socket {'listening on' if sock.state == TCP_LISTEN else 'bound to'} {sock.shown_name}"
+    if sock.state == TCP_LISTEN and sock.rqueue:
+        raise CriupyError(f"{what} with {sock.rqueue} connections not accepted yet: not supported yet")
+    if sock.state != TCP_LISTEN and sock.rqueue:
+        raise CriupyError(f"{what} with {sock.rqueue} bytes of datagrams waiting in it: not supported yet")
+    if sock.name and sock.name[:1] != b"\0":
+        path = sock.shown_name
+        if not path.startswith("/"):
+            raise CriupyError(f"{what}, a path relative to its directory then: not supported yet")
+        try:
+            found = os.stat(path).st_ino
+        except OSError:
+            found = None
+        if found != sock.vfs_ino:
+            raise CriupyError(f"{what}, whose file was removed or replaced since: not supported yet")
+
+
 def socket_entry(file_id, file_flags, sock, stolen_fd, fown):
     """The unix_sk_entry of sock (UnixSocket), its options read through stolen_fd (criupy's copy)."""
     with socket.socket(fileno=stolen_fd) as copy:
@@ -90,9 +130,14 @@ def socket_entry(file_id, file_flags, sock, stolen_fd, fown):
             opts = sk_opts(copy)
         finally:
             copy.detach()
-    return sk_unix_pb2.unix_sk_entry(
-        id=file_id, ino=sock.ino, type=sock.type, state=sock.state, flags=file_flags, uflags=0, backlog=0,
-        peer=sock.peer, fown=fown, opts=opts, name=b"", shutdown=sock.shutdown)
+    entry = sk_unix_pb2.unix_sk_entry(
+        id=file_id, ino=sock.ino, type=sock.type, state=sock.state, flags=file_flags, uflags=0,
+        backlog=sock.wqueue if sock.state == TCP_LISTEN else 0, peer=sock.peer, fown=fown, opts=opts,
+        name=sock.name, shutdown=sock.shutdown)
+    if sock.name and sock.name[:1] != b"\0":  # its file's mode and owner, which bind() makes anew
+        st = os.stat(sock.shown_name)
+        entry.file_perms.CopyFrom(sk_unix_pb2.file_perms_entry(mode=st.st_mode, uid=st.st_uid, gid=st.st_gid))
+    return entry
 
 
 def queued_messages(fd, file_id, stolen_fd):

@@ -2,13 +2,17 @@
 peer end, then shutdown. The restorer puts each end at its fd number."""
 
 import fcntl
+import os
 import socket
+import stat
 
+from criupy.dump.fds.unix import shown_name
 from criupy.errors import CriupyError
 from criupy.restore.fds.sockets import set_sk_opts
 
 SEND_SHUTDOWN_HOW = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}  # sk_shutdown -> how
 STATUS_FLAGS = 0o4000 | 0o20000  # O_NONBLOCK | O_ASYNC
+TCP_LISTEN = 10
 
 
 def open_pair(first, second, queues, hold):
@@ -43,3 +47,49 @@ def open_pair(first, second, queues, hold):
         for sock in ends:
             sock.close()  # a no-op once detached
     return fds
+
+
+def open_unpaired(entry):
+    """A unix socket with no peer (unix_sk_entry): bound again to its name and listening if it listened.
+
+    A path's file, left by the dumped socket, is removed first, but only if it is a socket nobody listens on."""
+    sock = socket.socket(socket.AF_UNIX, entry.type | socket.SOCK_CLOEXEC)
+    try:
+        set_sk_opts(sock, entry.opts)
+        if entry.name:
+            is_path = entry.name[:1] != b"\0"
+            if is_path:
+                _remove_stale(entry.name, entry.type)
+            try:
+                sock.bind(entry.name)
+            except OSError as e:
+                raise CriupyError(f"cannot bind a unix socket to {shown_name(entry.name)} again: "
+                                  f"{e.strerror}") from None
+            if is_path and entry.HasField("file_perms"):
+                os.chown(entry.name, entry.file_perms.uid, entry.file_perms.gid)
+                os.chmod(entry.name, stat.S_IMODE(entry.file_perms.mode))
+        if entry.state == TCP_LISTEN:
+            sock.listen(entry.backlog)
+        fd = sock.detach()
+        fcntl.fcntl(fd, fcntl.F_SETFL, entry.flags & STATUS_FLAGS)
+        return fd
+    finally:
+        sock.close()  # a no-op once detached
+
+
+def _remove_stale(path, sock_type):
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise CriupyError(f"{shown_name(path)}, where a unix socket was bound, is now another kind of file")
+    with socket.socket(socket.AF_UNIX, sock_type | socket.SOCK_CLOEXEC) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # nobody is bound there: the dumped socket's own file
+            return
+        except OSError as e:
+            raise CriupyError(f"cannot tell whether unix socket {shown_name(path)} is in use: {e.strerror}") from None
+    raise CriupyError(f"unix socket {shown_name(path)} is in use by another process")
