@@ -4,10 +4,10 @@ Open file descriptors come from /proc/PID/fd and /proc/PID/fdinfo. Regular files
 character devices (other than terminals) are dumped by path, with their flags and position; pipes by
 inode, with the bytes still in them, read without taking them: the parasite sends criupy a copy of the
 pipe's read end and tee() duplicates the buffered data into a pipe of criupy's (as CRIU does). Other
-kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues; inet: TCP and UDP
-sockets without a connection; anon: eventfd, signalfd, timerfd; eventpoll; inotify; tty: terminals and
-ptys; memfd). FIFOs are dumped by path, their data as a
-pipe's. Every other kind of file stops the dump, naming the fd.
+kinds have their own module in criupy/dump/fds (unix: socket pairs with their queues, listening and
+bound sockets; inet: TCP and UDP sockets without a connection; anon: eventfd, signalfd, timerfd;
+eventpoll; inotify; tty: terminals and ptys; memfd). FIFOs are dumped by path, their data as a pipe's.
+Every other kind of file stops the dump, naming the fd.
 
 Files the task uses without an fd (mapped files, the executable, cwd, root) are entries of the same
 files.img, shared per file, with what identifies the file (size, mode) so restore can check it. A mapped

@@ -1,17 +1,17 @@
-"""Unix socket pairs, rebuilt by criupy: socketpair(), options, the queued messages sent again from the
-peer end, then shutdown. The restorer puts each end at its fd number."""
+"""Unix sockets, rebuilt by criupy. A pair: socketpair(), options, the queued messages sent again from the
+peer end, then shutdown. A socket with no peer: socket(), options, bind() to its name, listen(). The
+restorer puts each at its fd number."""
 
-import fcntl
 import os
 import socket
 import stat
 
 from criupy.dump.fds.unix import shown_name
 from criupy.errors import CriupyError
+from criupy.restore.fds.anon import with_status_flags
 from criupy.restore.fds.sockets import set_sk_opts
 
 SEND_SHUTDOWN_HOW = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}  # sk_shutdown -> how
-STATUS_FLAGS = 0o4000 | 0o20000  # O_NONBLOCK | O_ASYNC
 TCP_LISTEN = 10
 
 
@@ -42,7 +42,7 @@ def open_pair(first, second, queues, hold):
         for sock, entry in zip(ends, (first, second)):
             fd = sock.detach()
             fds.append(hold(fd))
-            fcntl.fcntl(fd, fcntl.F_SETFL, entry.flags & STATUS_FLAGS)
+            with_status_flags(fd, entry.flags)
     finally:
         for sock in ends:
             sock.close()  # a no-op once detached
@@ -70,9 +70,7 @@ def open_unpaired(entry):
                 os.chmod(entry.name, stat.S_IMODE(entry.file_perms.mode))
         if entry.state == TCP_LISTEN:
             sock.listen(entry.backlog)
-        fd = sock.detach()
-        fcntl.fcntl(fd, fcntl.F_SETFL, entry.flags & STATUS_FLAGS)
-        return fd
+        return with_status_flags(sock.detach(), entry.flags)
     finally:
         sock.close()  # a no-op once detached
 
