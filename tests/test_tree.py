@@ -14,6 +14,7 @@ import waiting
 
 from criupy import proc
 from criupy.dump import dump
+from criupy.dump.fds import unix
 from criupy.errors import CriupyError
 from criupy.images import ImagesDir
 from criupy.restore import restore
@@ -535,3 +536,48 @@ def test_a_restored_tree_shares_private_memory_copy_on_write_as_it_did(by_userfa
     assert {pid: region_memory(pid, address) for pid, address in ready.items()} == memory_before
     assert {pid: proc.maps(pid) for pid in ready} == maps_before
     assert sums() == sums_before
+
+
+MANAGER = """
+import multiprocessing, os, socket, time
+if __name__ == "__main__":
+    manager = multiprocessing.Manager()  # a server process listening on a unix socket, connected to us
+    shared = manager.dict()
+    n = 0
+    while True:
+        shared["n"] = n
+        print("count", shared["n"], flush=True)
+        n += 1
+        time.sleep(0.02)
+"""
+
+
+def test_a_multiprocessing_manager_and_its_connections_carry_on(processes, trees, tmp_path):
+    """Its server process listens on a unix socket and has accepted the parent's connections: restored through
+    the listener again, with the names each end had; the shared dict goes on counting with no gap."""
+    output = tmp_path / "manager.out"
+    with open(output, "w") as out:
+        # TMPDIR: the directory of its socket in tmp_path, as a killed manager leaves it behind
+        root = processes.start([sys.executable, "-c", MANAGER], stdout=out,
+                               env=dict(os.environ, TMPDIR=str(tmp_path)), **QUIET)
+    trees.append(root.pid)
+    wait_for(lambda: len(numbered(output, "count")) > 5, "the manager to count")
+    names = _unix_names(root.pid)
+    dump_tree(root, tmp_path / "images")
+    counted = numbered(output, "count")
+    processes.track(restore(str(tmp_path / "images"), detach=True))
+    wait_for(lambda: len(numbered(output, "count")) > len(counted) + 5, "the manager to count on")
+    assert numbered(output, "count") == list(range(len(numbered(output, "count"))))
+    assert _unix_names(root.pid) == names
+
+
+def _unix_names(root):
+    """{(pid, fd): (its name, its peer's name)} of the unix sockets of root's tree, as sock_diag lists them."""
+    sockets = unix.unix_sockets()
+    names = {}
+    for pid in tree_of(root):
+        for fd in proc.fds(pid):
+            sock = sockets.get(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+            if sock is not None:
+                names[pid, fd] = (sock.name, sockets[sock.peer].name if sock.peer else None)
+    return names

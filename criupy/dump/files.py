@@ -239,7 +239,7 @@ def inspect_fds(pid, tree_pids=()):
 
     tree_pids: the other processes dumped with it; a unix socket's peer may be open in one of them."""
     result = []
-    sockets = None  # every unix, TCP and UDP socket, listed once the task has any socket
+    unix_sockets = inet_sockets = None  # every unix socket, every TCP and UDP one: listed once the task has a socket
     for fd in proc.fds(pid):
         read = _read_fd(pid, fd)
         if read is None:
@@ -250,20 +250,21 @@ def inspect_fds(pid, tree_pids=()):
             raise CriupyError(f"fd {fd}: file {link[:-len(' (deleted)')]} was deleted: not supported yet")
         open_fd = OpenFd(fd, link, info, st, kind)
         if kind == "socket":
-            sockets = {**unix.unix_sockets(), **inet.inet_sockets()} if sockets is None else sockets
-            open_fd.sock = sockets.get(st.st_ino) or inet.unbound_socket(pid, fd, st.st_ino)
-            if isinstance(open_fd.sock, unix.UnixSocket):
-                open_fd.kind = "unix"
+            if unix_sockets is None:
+                unix_sockets, inet_sockets = unix.unix_sockets(), inet.inet_sockets()
+            if st.st_ino in unix_sockets:
+                open_fd.kind, open_fd.sock = "unix", unix_sockets[st.st_ino]
             else:
                 open_fd.kind = "inet"
+                open_fd.sock = inet_sockets.get(st.st_ino) or inet.unbound_socket(pid, fd, st.st_ino)
                 inet.check(fd, open_fd.sock)
         result.append(open_fd)
     task_sockets = {open_fd.sock.ino for open_fd in result if open_fd.kind == "unix"}
-    if sockets is not None:
+    if unix_sockets is not None:
         task_sockets |= _socket_inodes(other for other in tree_pids if other != pid)
     for open_fd in result:
         if open_fd.kind == "unix":
-            unix.check(open_fd.fd, open_fd.sock, task_sockets)
+            unix.check(open_fd.fd, open_fd.sock, task_sockets, unix_sockets)
         elif open_fd.kind == "eventpoll":
             eventpoll.check(open_fd.fd, eventpoll.registered(pid, open_fd.fd), result)
         elif open_fd.kind == "inotify":
@@ -358,7 +359,7 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
             elif open_fd.kind == "unix" and open_fd.sock.peer == 0:  # listening, bound or unused: checked again
                 unix_now = unix.unix_sockets() if unix_now is None else unix_now  # their states at the stop
                 now = unix_now.get(open_fd.sock.ino, open_fd.sock)
-                unix.check(open_fd.fd, now, ())
+                unix.check(open_fd.fd, now, (), unix_now)
                 files.add(fdinfo_pb2.UNIXSK, "usk",
                           unix.socket_entry(file_id, flags, now, stolen_sockets[now.ino], _no_owner()))
             elif open_fd.kind == "unix":

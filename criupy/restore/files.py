@@ -235,18 +235,28 @@ def _create_ghosts(task):
 def _open_socket_pairs(task, opened):
     """Every unix socket pair, queues refilled, and every unix socket with no peer: file id -> fd."""
     by_ino = {entry.usk.ino: entry.usk for entry in task.files.values() if entry.type == fdinfo_pb2.UNIXSK}
+    if not by_ino:
+        return {}
+    from criupy.restore.fds import unix  # here: it loads the socket module, which a task without sockets skips
+
     fds = {}
+    listeners = {}  # name -> fd of each listening socket: accepted connections are made through it again
     for sock in by_ino.values():
-        if sock.id in fds:
-            continue
-        from criupy.restore.fds import unix  # here: it loads the socket module, which a task without sockets skips
         if sock.peer == 0:  # listening, bound or not used yet
             fds[sock.id] = opened.hold(unix.open_unpaired(sock))
+            if sock.state == unix.TCP_LISTEN:
+                listeners[sock.name] = fds[sock.id]
+    for sock in by_ino.values():
+        if sock.id in fds:
             continue
         peer = by_ino.get(sock.peer)
         if peer is None or peer.peer != sock.ino:
             raise CriupyError(f"image files.img is corrupt: unix socket {sock.ino} has no peer {sock.peer} in it")
-        fds[sock.id], fds[peer.id] = unix.open_pair(sock, peer, task.sk_queues, opened.hold)
+        name = sock.name or peer.name  # the accepted end's: the listener's
+        if name and name not in listeners:
+            raise CriupyError(f"image files.img is corrupt: unix socket {sock.ino} was accepted on a name no "
+                              "listener of the images has")
+        fds[sock.id], fds[peer.id] = unix.open_pair(sock, peer, task.sk_queues, opened.hold, listeners.get(name))
     return fds
 
 

@@ -1,11 +1,12 @@
 """Unix sockets: a unix_sk_entry per socket in files.img, the queued messages in sk-queues.img.
 
 What the kernel knows of a unix socket (its type, state, name, peer, shutdown, queue) comes from sock_diag
-(criupy/dump/fds/sockets.py), as `ss -x` reads it. criupy dumps unnamed connected sockets whose peer is open
-in the same process or another of the dumped tree (socketpair), and sockets with no peer: listening (no
-connection waiting to be accepted), datagram sockets bound and not connected (nothing queued), sockets
-not used yet; a name is a path (absolute, its file still the socket's) or abstract. Any other unix
-socket stops the dump, naming the fd.
+(criupy/dump/fds/sockets.py), as `ss -x` reads it. criupy dumps connected sockets whose peer is open in the
+same process or another of the dumped tree (a socketpair, or a connection accepted by a listener of the
+tree, whose accepted end has the listener's name), and sockets with no peer: listening (no connection
+waiting to be accepted), datagram sockets bound and not connected (nothing queued), sockets not used yet;
+a name is a path (absolute, its file still the socket's) or abstract. Any other unix socket stops the
+dump, naming the fd.
 
 The queued messages are read from a copy of the socket (stolen by the parasite) with MSG_PEEK and
 SO_PEEK_OFF, so each recvmsg returns the next message and none is taken from the queue; the socket's
@@ -85,16 +86,21 @@ def unix_sockets():
     return found
 
 
-def check(fd, sock, task_sockets):
+def check(fd, sock, task_sockets, sockets):
     """Raise naming fd unless sock is one end of a pair whose other end is in task_sockets (the task's,
-    and those of the other processes dumped with it), or a socket with no peer: listening, bound or unused."""
+    and those of the other processes dumped with it), or a socket with no peer: listening, bound or unused.
+
+    sockets: every unix socket ({inode: UnixSocket}). A named end of a pair is a connection accepted by a
+    listener of that name, which must be in task_sockets: restore connects through it again."""
     if sock.type not in SOCKET_TYPES:
         raise CriupyError(f"fd {fd} is a unix socket of type {sock.type} (seqpacket?): not supported yet")
     if sock.peer == 0 and sock.state in (TCP_LISTEN, TCP_CLOSE):
         _check_unpaired(fd, sock)
         return
-    if sock.name:
-        raise CriupyError(f"fd {fd} is a unix socket bound to {sock.shown_name} and connected: not supported yet")
+    if sock.name and not any(other.name == sock.name and other.state == TCP_LISTEN and other.ino in task_sockets
+                             for other in sockets.values()):
+        raise CriupyError(f"fd {fd} is a unix socket bound to {sock.shown_name} and connected, and no dumped process "
+                          "listens there: not supported yet")
     if sock.state != TCP_ESTABLISHED:
         raise CriupyError(f"fd {fd} is a unix socket that is not connected: not supported yet")
     if sock.peer == 0:

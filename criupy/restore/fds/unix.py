@@ -15,14 +15,19 @@ SEND_SHUTDOWN_HOW = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR} 
 TCP_LISTEN = 10
 
 
-def open_pair(first, second, queues, hold):
+def open_pair(first, second, queues, hold, listener=None):
     """Both ends of a pair (unix_sk_entry each): (fd of first, fd of second), held by hold(fd).
 
-    queues: file id -> [bytes] of the messages queued for that socket."""
+    queues: file id -> [bytes] of the messages queued for that socket. listener: the fd of the listening
+    socket that accepted the named end of the pair: the pair is connected through it again, so that each
+    end has the names it had; else a socketpair."""
     kinds = {socket.SOCK_STREAM, socket.SOCK_DGRAM}
     if first.type != second.type or first.type not in kinds:
         raise CriupyError(f"image files.img is corrupt: unix sockets {first.ino} and {second.ino} are no pair")
-    ends = socket.socketpair(socket.AF_UNIX, first.type | socket.SOCK_CLOEXEC)
+    if listener is None:
+        ends = socket.socketpair(socket.AF_UNIX, first.type | socket.SOCK_CLOEXEC)
+    else:
+        ends = _connected_through(listener, first, second)
     fds = []
     try:
         for sock, entry in zip(ends, (first, second)):
@@ -47,6 +52,20 @@ def open_pair(first, second, queues, hold):
         for sock in ends:
             sock.close()  # a no-op once detached
     return fds
+
+
+def _connected_through(listener, first, second):
+    """(first's socket, second's socket): a client connected to the listener, and the connection it accepts."""
+    named = first if first.name else second
+    client = socket.socket(socket.AF_UNIX, first.type | socket.SOCK_CLOEXEC)
+    try:
+        client.connect(named.name)
+        with socket.socket(fileno=os.dup(listener)) as accepting:  # a copy: the listener's fd stays held
+            accepted, _ = accepting.accept()  # there at once: a unix connect() queues it before it returns
+    except BaseException:
+        client.close()
+        raise
+    return (accepted, client) if named is first else (client, accepted)
 
 
 def open_unpaired(entry):
