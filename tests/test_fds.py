@@ -2,8 +2,10 @@
 what its fds hold and how they behave exactly as a run never dumped does, with the same fd numbers,
 flags and /proc/PID/fdinfo; and crit decodes every image."""
 
+import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -341,3 +343,67 @@ def test_unix_sockets_listening_or_bound_are_bound_again(processes, tmp_path):
     assert os.stat(path).st_mode == 0o140640
     with pytest.raises(CriupyError, match=rf"^unix socket {path} is in use by another process$"):
         restore(str(tmp_path / "images"), detach=True)
+
+
+LOCKER = """
+import fcntl, struct, time
+exclusive = open({flocked!r}, "w")
+fcntl.flock(exclusive, fcntl.LOCK_EX)
+shared = open({ofd_locked!r}, "w+")
+fcntl.fcntl(shared, 37, struct.pack("hhqqi4x", fcntl.F_RDLCK, 0, 10, 5, 0))  # F_OFD_SETLK, bytes 10 to 14
+print(exclusive.fileno(), shared.fileno(), flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def _locks_on(*paths):
+    """The lines of /proc/locks on these files, without their numbers and device."""
+    inodes = {str(os.stat(path).st_ino) for path in paths}
+    found = []
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()[1:]
+            if fields[0] != "->" and fields[4].split(":")[2] in inodes:
+                found.append(" ".join(fields[:4] + fields[5:]))
+    return sorted(found)
+
+
+def test_flock_and_ofd_locks_are_held_again_by_the_restored_process(processes, tmp_path):
+    """/proc/locks shows the same locks, the flock owned by the same PID; nobody else can take them; and a
+    restore that finds one taken meanwhile fails naming it, leaving no process behind."""
+    flocked, ofd_locked = str(tmp_path / "flocked"), str(tmp_path / "ofd")
+    target = processes.start([sys.executable, "-c", LOCKER.format(flocked=flocked, ofd_locked=ofd_locked)],
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exclusive_fd = int(target.stdout.readline().split()[0])
+    before = _locks_on(flocked, ofd_locked)
+    assert before == [f"FLOCK ADVISORY WRITE {target.pid} 0 EOF", "OFDLCK ADVISORY READ -1 10 14"]
+    dump(target.pid, str(tmp_path / "images"))
+    target.wait()
+    assert _locks_on(flocked, ofd_locked) == []
+    processes.track(restore(str(tmp_path / "images"), detach=True))
+    assert _locks_on(flocked, ofd_locked) == before
+    with open(flocked, "w") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    os.kill(target.pid, signal.SIGKILL)  # then another process takes the flock, and a restore cannot
+    os.waitpid(target.pid, 0)  # restored detached, it is ours to reap (the tests are a child subreaper)
+    with open(flocked, "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(CriupyError, match=rf"^restoring PID {target.pid}: cannot take the flock lock of fd "
+                                              rf"{exclusive_fd} of PID {target.pid} again: "):
+            restore(str(tmp_path / "images"), detach=True)
+    assert not os.path.exists(f"/proc/{target.pid}")
+
+
+def test_a_posix_lock_is_refused_naming_the_fd(processes, tmp_path):
+    locked = tmp_path / "posix"
+    script = (f"import fcntl, time\nf = open({str(locked)!r}, 'w')\nfcntl.lockf(f, fcntl.LOCK_EX)\n"
+              "print(f.fileno(), flush=True)\nwhile True: time.sleep(0.05)")
+    target = processes.start([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    fd = int(target.stdout.readline())
+    with pytest.raises(CriupyError, match=rf"^fd {fd}: {locked} holds a POSIX lock: not supported yet$"):
+        dump(target.pid, str(tmp_path / "images"))
+    status = proc.status(target.pid)
+    assert status["TracerPid"] == "0" and status["State"][0] in "SR"

@@ -12,7 +12,7 @@ from criupy.errors import CriupyError
 from criupy.images import ImagesDir, kind_of
 from criupy.images.kinds import names as kind_names
 from criupy.images.pb import (core_pb2, core_x86_pb2, creds_pb2, eventfd_pb2, eventpoll_pb2, fdinfo_pb2,
-                              fifo_pb2, fown_pb2, fs_pb2, ghost_file_pb2, inventory_pb2, ipc_desc_pb2, ipc_shm_pb2, ipc_var_pb2,
+                              fifo_pb2, file_lock_pb2, fown_pb2, fs_pb2, ghost_file_pb2, inventory_pb2, ipc_desc_pb2, ipc_shm_pb2, ipc_var_pb2,
                               memfd_pb2, mm_pb2, ns_pb2, pagemap_pb2, pidns_pb2, pipe_data_pb2, pipe_pb2,
                               pstree_pb2, regfile_pb2, remap_file_path_pb2, rlimit_pb2, rseq_pb2, sa_pb2, signalfd_pb2, sk_opts_pb2,
                               sk_packet_pb2, sk_unix_pb2, stats_pb2, timer_pb2, timerfd_pb2, tty_pb2, utsns_pb2, vma_pb2)
@@ -121,6 +121,8 @@ SAMPLES = {
                             pipe_data_pb2.pipe_data_entry(pipe_id=90212, bytes=0)], [b"hello\n", b""]),
     "fifo": lambda: ([fifo_pb2.fifo_entry(id=9, pipe_id=90211)], None),
     "fifo-data": lambda: ([pipe_data_pb2.pipe_data_entry(pipe_id=90211, bytes=3, size=65536)], [b"abc"]),
+    "file-lock": lambda: ([file_lock_pb2.file_lock_entry(flag=2, type=1, pid=PID, fd=3, start=0, len=0),
+                           file_lock_pb2.file_lock_entry(flag=4, type=0, pid=PID, fd=4, start=10, len=5)], None),
     "unixsk": lambda: ([sk_unix_pb2.unix_sk_entry(
         id=14, ino=555, type=1, state=10, flags=0o2, uflags=0, backlog=5, peer=0, fown=fown(),
         opts=sk_opts_pb2.sk_opts_entry(so_sndbuf=212992, so_rcvbuf=212992, so_snd_tmo_sec=0, so_snd_tmo_usec=0,
@@ -196,6 +198,8 @@ EXPECTED = {
                    (("entries", 1, "pipe_id"), 90212)],
     "fifo": [(("magic",), "FIFO"), (("entries", 0, "pipe_id"), 90211)],
     "fifo-data": [(("magic",), "FIFO_DATA"), (("entries", 0, "extra"), "YWJj\n")],
+    "file-lock": [(("magic",), "FILE_LOCKS"), (("entries", 0, "flag"), 2), (("entries", 1, "start"), 10),
+                  (("entries", 1, "len"), 5)],
     "unixsk": [(("magic",), "UNIXSK"), (("entries", 0, "state"), "LISTEN"), (("entries", 0, "backlog"), 5),
                (("entries", 0, "opts", "so_sndbuf"), 212992)],
     "sk-queues": [(("magic",), "SK_QUEUES"), (("entries", 0, "extra"), "cXVldWU=\n"),

@@ -13,8 +13,8 @@ Steps (as CRIU's cr-dump.c):
   infect    the parasite runs in each process: signal actions, misc state, timers, pipes' fds, pages
   threads   what each other thread tells from inside (threads.py), before the parasite comes in
   images    per process core (one per thread), ids, mm, pagemap, pages, fdinfo, fs; for the tree
-            pstree, files (file descriptions shared by processes once), pipes-data, sk-queues, fifo-data, shared
-            memory (shmem.py), inventory, then stats-dump
+            pstree, files (file descriptions shared by processes once), file-lock, pipes-data, sk-queues,
+            fifo-data, shared memory (shmem.py), inventory, then stats-dump
   end       the processes are killed, or resumed untouched with leave_running; a failed (or interrupted)
             dump always resumes them and removes the images it wrote; once they are killed, the images stay
 """
@@ -237,6 +237,7 @@ def _dump_seized(frozen, images, stats, terminals, shell_job, ids):
     pipe_data = []
     sk_queues = []
     fifo_data = []
+    file_locks = []
     writing = []  # pages_written() of the process whose parasite writes its pages while the next is dumped
     try:
         for pages_id, member in enumerate(frozen.members, 1):
@@ -258,6 +259,7 @@ def _dump_seized(frozen, images, stats, terminals, shell_job, ids):
             pipe_data += dumped_fds.pipe_data
             sk_queues += dumped_fds.sk_queues
             fifo_data += dumped_fds.fifo_data
+            file_locks += dumped_fds.locks
         while writing:
             writing.pop(0)()
     except BaseException:
@@ -285,6 +287,8 @@ def _dump_seized(frozen, images, stats, terminals, shell_job, ids):
         images.write("sk-queues", [entry for entry, _ in sk_queues], payloads=[data for _, data in sk_queues])
     if fifo_data:
         images.write("fifo-data", [entry for entry, _ in fifo_data], payloads=[data for _, data in fifo_data])
+    if file_locks:
+        images.write("file-lock", file_locks)
     if terminals.infos:
         images.write("tty-info", terminals.infos)
     if terminals.data:

@@ -24,7 +24,7 @@ import stat
 from typing import NamedTuple
 
 from criupy import buildid, proc
-from criupy.dump.fds import anon, eventpoll, inet, inotify, memfd, unix
+from criupy.dump.fds import anon, eventpoll, inet, inotify, locks, memfd, unix
 from criupy.errors import CriupyError
 from criupy.images.pb import (fdinfo_pb2, fifo_pb2, fown_pb2, ghost_file_pb2, pipe_data_pb2, pipe_pb2,
                               regfile_pb2, remap_file_path_pb2, time_pb2)
@@ -259,6 +259,10 @@ def inspect_fds(pid, tree_pids=()):
                 open_fd.sock = inet_sockets.get(st.st_ino) or inet.unbound_socket(pid, fd, st.st_ino)
                 inet.check(fd, open_fd.sock)
         result.append(open_fd)
+    locked = proc.locked_files()
+    for open_fd in result:
+        if locks.file_key(open_fd.st) in locked:
+            locks.lock_entries(pid, open_fd.fd, open_fd.link)  # refuses the locks criupy cannot take again
     task_sockets = {open_fd.sock.ino for open_fd in result if open_fd.kind == "unix"}
     if unix_sockets is not None:
         task_sockets |= _socket_inodes(other for other in tree_pids if other != pid)
@@ -314,6 +318,7 @@ def _same_description(pid1, fd1, pid2, fd2):
 
 class DumpedFds(NamedTuple):
     fdinfo: list       # fdinfo_entry, by fd
+    locks: list        # file_lock_entry of each flock and OFD lock placed through an fd
     pipe_data: list    # (pipe_data_entry, bytes)
     sk_queues: list    # (sk_packet_entry, bytes)
     fifo_data: list    # (pipe_data_entry, bytes) of FIFOs
@@ -342,6 +347,8 @@ def dump_fds(pid, open_fds, files, steal_fds, terminals, stat):
 def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
     fdinfo = []
     sk_queues = []
+    file_locks = []
+    locked = proc.locked_files()  # once: most processes hold no lock, and their fdinfo need not be read again
     unix_now = inet_now = None  # unix sockets with no peer, TCP and UDP sockets: listed again once frozen
     pipe_readers = {}  # pipe inode -> OpenFd of the first read end: where its data is read from
     fifo_readers = {}  # the same for FIFOs
@@ -413,10 +420,12 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
             fifo_readers[open_fd.st.st_ino] = open_fd
         fdinfo.append(fdinfo_pb2.fdinfo_entry(id=file_id, flags=FD_CLOEXEC if open_fd.info.flags & O_CLOEXEC else 0,
                                               type=FD_TYPES[open_fd.kind], fd=open_fd.fd))
+        if locks.file_key(open_fd.st) in locked:
+            file_locks += locks.lock_entries(pid, open_fd.fd, open_fd.link)
     pipe_data = _pipe_contents(list(pipe_readers.items()), steal_fds) if pipe_readers else []
     fifo_data = _pipe_contents(list(fifo_readers.items()), steal_fds) if fifo_readers else []
     terminals.dump(steal_fds, stat)
-    return DumpedFds(fdinfo, pipe_data, sk_queues, fifo_data)
+    return DumpedFds(fdinfo, file_locks, pipe_data, sk_queues, fifo_data)
 
 
 def _pipe_contents(readers, steal_fds):

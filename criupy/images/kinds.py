@@ -60,6 +60,7 @@ _KINDS = (
     (r"pages-N", PAGES),
     (r"files", ImageKind(magic.FILES, "fdinfo_pb2.file_entry")),
     (r"fdinfo-N", ImageKind(magic.FDINFO, "fdinfo_pb2.fdinfo_entry")),
+    (r"file-lock", ImageKind(magic.FILE_LOCKS, "file_lock_pb2.file_lock_entry")),
     (r"fs-N", ImageKind(magic.FS, "fs_pb2.fs_entry")),
     (r"creds-N", ImageKind(magic.CREDS, "creds_pb2.creds_entry")),
     (r"sigacts-N", ImageKind(magic.SIGACT, "sa_pb2.sa_entry")),

@@ -49,6 +49,7 @@ IPC_VAR = 0x53115007
 UTSNS = 0x54473203
 PIDNS = 0x61157326
 NS_FILES = 0x61394011
+FILE_LOCKS = 0x54323616
 STATS = 0x57093306
 
 NAMES = {value: name for name, value in globals().items()

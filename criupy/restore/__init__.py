@@ -16,6 +16,7 @@ Steps, each in its module:
   files    open the dumped files (checked against the dump), pipes and ptys (refilled), once per
            file description however many tasks share it; a shell job's terminal is criupy's own
   cow      what a child shares with its parent copy-on-write: premapped by the parent before the fork
+  locks    flock and OFD locks, taken again by each new task on its open file descriptions (fds/locks.py)
   prepare  each task's restorer mapping: blob + arguments, at an address free here and in its dump
   tree     clone3 with the dumped PIDs, parents, sessions and groups (tasks.py's clone_with_pid)
   task     let every task's restorer go, then trace each through it to the dumped code, unmap it, detach
@@ -76,6 +77,7 @@ def _restore_tree(images_dir, tasks, detach, pidfile, pie_plugin, call_hooks, sh
     from criupy.restore import cow, prepare
     from criupy.restore.args import Args
     from criupy.restore.fds import tty
+    from criupy.restore.fds.locks import take_locks
     from criupy.restore.files import move_above, open_files
     from criupy.restore.images import open_pages
     from criupy.restore.memory import plan_memory
@@ -128,9 +130,14 @@ def _restore_tree(images_dir, tasks, detach, pidfile, pie_plugin, call_hooks, sh
             regions[task.pid] = prepare.build(task, premaps.plans[task.pid], opened[task.pid], pages_fd, log_fd,
                                               go_fd, first_own_fd, verbose=log.isEnabledFor(logging.DEBUG),
                                               plugin=plugin, images_fd=images_fd, own_mappings=own_mappings)
+        def before_children(task):  # in the new task: what it shares with its children, and holds
+            premaps.premap(task)
+            if task.file_locks:  # a zombie has none
+                take_locks(task, opened[task.pid])  # flock's owner is then the task's PID, as at the dump
+
         creation = TreeCreation(tasks, lambda task: call_restorer(regions[task.pid].entry(),
                                                                   regions[task.pid].args_address), helpers,
-                                premaps.premap)
+                                before_children)
         restorings = [(Restoring(task.pid, *pipes[task.pid], regions[task.pid].export("restorer_trap"),
                                  regions[task.pid].export("restorer_syscall"),
                                  regions[task.pid].args_address + Args.own_rseq.offset,

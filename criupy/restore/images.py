@@ -40,6 +40,7 @@ class DumpedTask:
         self.tty_infos = {}         # tty-info id -> tty_info_entry, the tree's
         self.tty_data = {}          # tty-info id -> bytes queued for reading on that end, the tree's
         self.memfd_inodes = {}      # inode_id -> memfd_inode_entry (memfd.img), the tree's
+        self.file_locks = []        # file_lock_entry of each lock placed through one of its fds
 
     @property
     def zombie(self):
@@ -123,8 +124,15 @@ def read_tree(images_dir):
         tty_data[entry.tty_id] = tty_data.get(entry.tty_id, b"") + entry.data
     memfd_inodes = {entry.inode_id: entry for entry in _read(images, "memfd", required=False)}
     tasks = [_read_task(images, entry, files, pipe_data, sk_queues, fifo_data, ghosts) for entry in tree]
+    by_pid = {task.pid: task for task in tasks}
     for task in tasks:
         task.tty_infos, task.tty_data, task.memfd_inodes = tty_infos, tty_data, memfd_inodes
+    for lock in _read(images, "file-lock", required=False):
+        task = by_pid.get(lock.pid)
+        if task is None or not any(fdinfo.fd == lock.fd for fdinfo in task.fdinfo):
+            raise CriupyError(f"image file-lock.img is corrupt: a lock of fd {lock.fd} of PID {lock.pid}, which the "
+                              "images do not have")
+        task.file_locks.append(lock)
     return tasks
 
 

@@ -137,7 +137,10 @@ class Restoring:
     def let_go(self):
         """After seize(): the restorer rebuilds the task. criupy seizes every task of a tree first, while
         none takes CPU time, then lets all of them go, so that they rebuild their tasks side by side."""
-        os.write(self.go_fd, b"g")
+        try:
+            os.write(self.go_fd, b"g")
+        except BrokenPipeError:
+            raise CriupyError(f"PID {self.pid} ended before its restorer could start") from None
 
     def run_to_dumped_code(self):
         """After let_go(): stop the task at the exit of its final rt_sigreturn, every thread at its own."""

@@ -157,9 +157,9 @@ class TreeCreation:
                 self._report(f"+{clone_with_pid(pgid, self._lead_group)}")
             if task.pgid in self.helpers:
                 os.setpgid(0, task.pgid)
-            self._report(f"={task.pid}")
-            if self.before_children:
+            if self.before_children:  # before "=": criupy stops reading once every task said it is ready
                 self.before_children(task)
+            self._report(f"={task.pid}")
             for child in self.children[task.pid]:
                 pid = clone_with_pid(child.pid, lambda child=child: self._become(child))
                 self._report(f"+{pid}")

@@ -1,0 +1,30 @@
+"""File locks held through a task's fds (CRIU's file-locks.c): flock and OFD locks, which belong to an open
+file description, are dumped (file-lock.img) and taken again on it at restore. A POSIX lock belongs to the
+process, and the restorer would drop it when it closes criupy's copy of the fd; a lease belongs to the
+file: both stop the dump, naming the fd."""
+
+import os
+
+from criupy import proc
+from criupy.errors import CriupyError
+from criupy.images.pb import file_lock_pb2
+
+FLAGS = {"FLOCK": 2, "OFDLCK": 4}  # the locks criupy dumps: file_lock_entry.flag (CRIU's FL_FLOCK, FL_OFD)
+F_RDLCK, F_WRLCK = 0, 1
+
+
+def file_key(st):
+    """(major, minor, inode) of a file, as /proc/locks (proc.locked_files) names it."""
+    return os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
+
+
+def lock_entries(pid, fd, what):
+    """file_lock_entry of each lock placed through fd of pid (what: the file, for messages)."""
+    entries = []
+    for lock in proc.fd_locks(pid, fd):
+        if lock.kind not in FLAGS:
+            raise CriupyError(f"fd {fd}: {what} holds a {lock.kind} lock: not supported yet")
+        entries.append(file_lock_pb2.file_lock_entry(
+            flag=FLAGS[lock.kind], type=F_WRLCK if lock.write else F_RDLCK, pid=pid, fd=fd, start=lock.start,
+            len=0 if lock.end == -1 else lock.end - lock.start + 1))
+    return entries
