@@ -116,6 +116,24 @@ def test_unix_socket_pairs_keep_their_queues_both_ways(victim, processes, tmp_pa
 
 # --- what stays refused: one line naming the fd, the process running on untouched ---------------------
 
+def _start_printing(processes, script):
+    """A Python script's process, and the numbers it prints on its first line (an fd, say)."""
+    target = processes.start([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    return target, [int(word) for word in target.stdout.readline().split()]
+
+
+def _assert_refused(target, tmp_path, message):
+    """Dumping target fails with message (a regular expression); it runs on untouched, and no image is left."""
+    maps_before = proc.maps(target.pid)
+    with pytest.raises(CriupyError, match=message):
+        dump(target.pid, str(tmp_path / "images"), leave_running=True)
+    status = proc.status(target.pid)
+    assert status["TracerPid"] == "0" and status["State"][0] in "SR"
+    assert proc.maps(target.pid) == maps_before
+    assert not list((tmp_path / "images").glob("*.img"))
+
+
 REFUSED = [
     pytest.param("s = socket.socket(socket.AF_UNIX)\ns.bind(PATH)\ns.listen()\nc = socket.socket(socket.AF_UNIX)\n"
                  "c.connect(PATH)\na, _ = s.accept()\ns.close()\nfd = a.fileno()",
@@ -148,18 +166,10 @@ def test_unix_sockets_criupy_cannot_dump_are_named(processes, tmp_path, setup, m
     script = (f"import os, socket, time\nPATH = {str(tmp_path / 'bound.sock')!r}\n"
               f"LISTENING = {str(tmp_path / 'listening.sock')!r}\n{setup}\nprint(fd, flush=True)\n"
               "while True: time.sleep(0.05)")
-    victim = processes.start([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    fd = int(victim.stdout.readline())
+    victim, (fd,) = _start_printing(processes, script)
     if "LISTENING" in setup:
         accepted, _ = listening.accept()
-    maps_before = proc.maps(victim.pid)
-    with pytest.raises(CriupyError, match=message.replace("{fd}", str(fd))):
-        dump(victim.pid, str(tmp_path / "images"), leave_running=True)
-    status = proc.status(victim.pid)
-    assert status["TracerPid"] == "0" and status["State"][0] in "SR"
-    assert proc.maps(victim.pid) == maps_before
-    assert not list((tmp_path / "images").glob("*.img"))
+    _assert_refused(victim, tmp_path, message.replace("{fd}", str(fd)))
     listening.close()
 
 
@@ -227,14 +237,8 @@ def test_an_inotify_watch_of_a_deleted_file_is_refused(processes, tmp_path):
               "with open(path, 'rb') as f: libc.mmap(None, 4096, 1, 2, f.fileno(), 0)\n"  # PROT_READ, MAP_PRIVATE
               "fd = libc.inotify_init1(0)\nlibc.inotify_add_watch(fd, path.encode(), 2)\nos.unlink(path)\n"
               "print(fd, flush=True)\nwhile True: time.sleep(0.05)")
-    target = processes.start([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    fd = int(target.stdout.readline())
-    with pytest.raises(CriupyError, match=rf"^fd {fd}: inotify watch 1: "):
-        dump(target.pid, str(tmp_path / "images"))
-    status = proc.status(target.pid)
-    assert status["TracerPid"] == "0" and status["State"][0] in "SR"
-    assert not (tmp_path / "images").exists()
+    target, (fd,) = _start_printing(processes, script)
+    _assert_refused(target, tmp_path, rf"^fd {fd}: inotify watch 1: ")
 
 
 def test_tcp_and_udp_sockets_without_connections_carry_on(victim, processes, tmp_path):
@@ -285,14 +289,9 @@ def test_a_tcp_connection_is_refused_naming_its_ends(processes, tmp_path):
         port = listening.getsockname()[1]
         script = (f"import socket, time\ns = socket.create_connection(('127.0.0.1', {port}))\n"
                   "print(s.fileno(), s.getsockname()[1], flush=True)\nwhile True: time.sleep(0.05)")
-        target = processes.start([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-        fd, local_port = (int(word) for word in target.stdout.readline().split())
-        with pytest.raises(CriupyError, match=rf"^fd {fd} is a TCP connection from 127.0.0.1:{local_port} to "
-                                              rf"127.0.0.1:{port}: not supported yet$"):
-            dump(target.pid, str(tmp_path / "images"))
-    status = proc.status(target.pid)
-    assert status["TracerPid"] == "0" and status["State"][0] in "SR"
+        target, (fd, local_port) = _start_printing(processes, script)
+        _assert_refused(target, tmp_path, rf"^fd {fd} is a TCP connection from 127.0.0.1:{local_port} to "
+                                          rf"127.0.0.1:{port}: not supported yet$")
 
 
 UNIX_SERVER = """
@@ -373,9 +372,7 @@ def test_flock_and_ofd_locks_are_held_again_by_the_restored_process(processes, t
     """/proc/locks shows the same locks, the flock owned by the same PID; nobody else can take them; and a
     restore that finds one taken meanwhile fails naming it, leaving no process behind."""
     flocked, ofd_locked = str(tmp_path / "flocked"), str(tmp_path / "ofd")
-    target = processes.start([sys.executable, "-c", LOCKER.format(flocked=flocked, ofd_locked=ofd_locked)],
-                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    exclusive_fd = int(target.stdout.readline().split()[0])
+    target, (exclusive_fd, _) = _start_printing(processes, LOCKER.format(flocked=flocked, ofd_locked=ofd_locked))
     before = _locks_on(flocked, ofd_locked)
     assert before == [f"FLOCK ADVISORY WRITE {target.pid} 0 EOF", "OFDLCK ADVISORY READ -1 10 14"]
     dump(target.pid, str(tmp_path / "images"))
@@ -400,10 +397,5 @@ def test_a_posix_lock_is_refused_naming_the_fd(processes, tmp_path):
     locked = tmp_path / "posix"
     script = (f"import fcntl, time\nf = open({str(locked)!r}, 'w')\nfcntl.lockf(f, fcntl.LOCK_EX)\n"
               "print(f.fileno(), flush=True)\nwhile True: time.sleep(0.05)")
-    target = processes.start([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    fd = int(target.stdout.readline())
-    with pytest.raises(CriupyError, match=rf"^fd {fd}: {locked} holds a POSIX lock: not supported yet$"):
-        dump(target.pid, str(tmp_path / "images"))
-    status = proc.status(target.pid)
-    assert status["TracerPid"] == "0" and status["State"][0] in "SR"
+    target, (fd,) = _start_printing(processes, script)
+    _assert_refused(target, tmp_path, rf"^fd {fd}: {locked} holds a POSIX lock: not supported yet$")
