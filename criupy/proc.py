@@ -16,7 +16,7 @@ def _read_text(pid, name):
     try:
         with open(path) as f:
             return f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or (ESRCH) between open and read
         raise CriupyError(f"no process with PID {pid}") from None
     except PermissionError:
         raise CriupyError(f"not permitted to read {path}") from None

@@ -350,6 +350,8 @@ exclusive = open({flocked!r}, "w")
 fcntl.flock(exclusive, fcntl.LOCK_EX)
 shared = open({ofd_locked!r}, "w+")
 fcntl.fcntl(shared, 37, struct.pack("hhqqi4x", fcntl.F_RDLCK, 0, 10, 5, 0))  # F_OFD_SETLK, bytes 10 to 14
+ranged = open({posix_locked!r}, "w")
+fcntl.lockf(ranged, fcntl.LOCK_EX, 10, 5)  # a POSIX lock of bytes 5 to 14
 print(exclusive.fileno(), shared.fileno(), flush=True)
 while True:
     time.sleep(0.05)
@@ -368,24 +370,27 @@ def _locks_on(*paths):
     return sorted(found)
 
 
-def test_flock_and_ofd_locks_are_held_again_by_the_restored_process(processes, tmp_path):
-    """/proc/locks shows the same locks, the flock owned by the same PID; nobody else can take them; and a
-    restore that finds one taken meanwhile fails naming it, leaving no process behind."""
-    flocked, ofd_locked = str(tmp_path / "flocked"), str(tmp_path / "ofd")
-    target, (exclusive_fd, _) = _start_printing(processes, LOCKER.format(flocked=flocked, ofd_locked=ofd_locked))
-    before = _locks_on(flocked, ofd_locked)
-    assert before == [f"FLOCK ADVISORY WRITE {target.pid} 0 EOF", "OFDLCK ADVISORY READ -1 10 14"]
+def test_file_locks_are_held_again_by_the_restored_process(processes, tmp_path):
+    """flock, OFD and POSIX locks: /proc/locks shows the same lines, each owned by the same PID; nobody else
+    can take them; and a restore that finds one taken meanwhile fails naming it, leaving no process behind."""
+    paths = {name: str(tmp_path / name) for name in ("flocked", "ofd_locked", "posix_locked")}
+    target, (exclusive_fd, _) = _start_printing(processes, LOCKER.format(**paths))
+    before = _locks_on(*paths.values())
+    assert before == [f"FLOCK ADVISORY WRITE {target.pid} 0 EOF", "OFDLCK ADVISORY READ -1 10 14",
+                      f"POSIX ADVISORY WRITE {target.pid} 5 14"]
     dump(target.pid, str(tmp_path / "images"))
     target.wait()
-    assert _locks_on(flocked, ofd_locked) == []
+    assert _locks_on(*paths.values()) == []
     processes.track(restore(str(tmp_path / "images"), detach=True))
-    assert _locks_on(flocked, ofd_locked) == before
-    with open(flocked, "w") as other, pytest.raises(BlockingIOError):
+    assert _locks_on(*paths.values()) == before
+    with open(paths["flocked"], "w") as other, pytest.raises(BlockingIOError):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(paths["posix_locked"], "w") as other, pytest.raises(OSError):
+        fcntl.lockf(other, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 14)
 
     os.kill(target.pid, signal.SIGKILL)  # then another process takes the flock, and a restore cannot
     os.waitpid(target.pid, 0)  # restored detached, it is ours to reap (the tests are a child subreaper)
-    with open(flocked, "w") as other:
+    with open(paths["flocked"], "w") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(CriupyError, match=rf"^restoring PID {target.pid}: cannot take the flock lock of fd "
                                               rf"{exclusive_fd} of PID {target.pid} again: "):
@@ -393,9 +398,10 @@ def test_flock_and_ofd_locks_are_held_again_by_the_restored_process(processes, t
     assert not os.path.exists(f"/proc/{target.pid}")
 
 
-def test_a_posix_lock_is_refused_naming_the_fd(processes, tmp_path):
-    locked = tmp_path / "posix"
-    script = (f"import fcntl, time\nf = open({str(locked)!r}, 'w')\nfcntl.lockf(f, fcntl.LOCK_EX)\n"
+def test_a_lease_is_refused_naming_the_fd(processes, tmp_path):
+    leased = tmp_path / "leased"
+    leased.write_text("")
+    script = (f"import fcntl, time\nf = open({str(leased)!r})\nfcntl.fcntl(f, 1024, fcntl.F_RDLCK)\n"  # F_SETLEASE
               "print(f.fileno(), flush=True)\nwhile True: time.sleep(0.05)")
     target, (fd,) = _start_printing(processes, script)
-    _assert_refused(target, tmp_path, rf"^fd {fd}: {locked} holds a POSIX lock: not supported yet$")
+    _assert_refused(target, tmp_path, rf"^fd {fd}: {leased} holds a LEASE lock: not supported yet$")

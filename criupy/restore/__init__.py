@@ -16,7 +16,8 @@ Steps, each in its module:
   files    open the dumped files (checked against the dump), pipes and ptys (refilled), once per
            file description however many tasks share it; a shell job's terminal is criupy's own
   cow      what a child shares with its parent copy-on-write: premapped by the parent before the fork
-  locks    flock and OFD locks, taken again by each new task on its open file descriptions (fds/locks.py)
+  locks    flock and OFD locks, taken again by each new task on its open file descriptions (fds/locks.py);
+           POSIX locks by the task itself once its fds are in place (task.py)
   prepare  each task's restorer mapping: blob + arguments, at an address free here and in its dump
   tree     clone3 with the dumped PIDs, parents, sessions and groups (tasks.py's clone_with_pid)
   task     let every task's restorer go, then trace each through it to the dumped code, unmap it, detach
@@ -77,7 +78,7 @@ def _restore_tree(images_dir, tasks, detach, pidfile, pie_plugin, call_hooks, sh
     from criupy.restore import cow, prepare
     from criupy.restore.args import Args
     from criupy.restore.fds import tty
-    from criupy.restore.fds.locks import take_locks
+    from criupy.restore.fds.locks import posix_locks, take_locks
     from criupy.restore.files import move_above, open_files
     from criupy.restore.images import open_pages
     from criupy.restore.memory import plan_memory
@@ -142,7 +143,8 @@ def _restore_tree(images_dir, tasks, detach, pidfile, pie_plugin, call_hooks, sh
                                  regions[task.pid].export("restorer_syscall"),
                                  regions[task.pid].args_address + Args.own_rseq.offset,
                                  thread_ids=task.thread_cores),
-                       regions[task.pid].start, regions[task.pid].size, _stop_signal(task)) for task in live]
+                       regions[task.pid].start, regions[task.pid].size, _stop_signal(task), posix_locks(task),
+                       regions[task.pid].args_address) for task in live]
         terminals = any_opened.terminals
         try:
             terminals.set_job_settings()
@@ -165,11 +167,11 @@ def _restore_tree(images_dir, tasks, detach, pidfile, pie_plugin, call_hooks, sh
             premaps.release()
 
     try:
-        for restoring, _, _, _ in restorings:
+        for restoring, *_ in restorings:
             restoring.seize()
-        for restoring, _, _, _ in restorings:  # the restorers work at once, on every CPU
+        for restoring, *_ in restorings:  # the restorers work at once, on every CPU
             restoring.let_go()
-        for restoring, region_start, region_size, stop_signal in restorings:
+        for restoring, region_start, region_size, stop_signal, locks, scratch in restorings:
             restoring.run_to_dumped_code()
             for line in restoring.restorer_log().splitlines():  # the restorer's and the plugin's lines
                 log.info("%s", line)
@@ -179,7 +181,8 @@ def _restore_tree(images_dir, tasks, detach, pidfile, pie_plugin, call_hooks, sh
                     log.info("calling %s at %#x (%s) in PID %d", spec, function.address, function.first_instruction,
                              restoring.pid)
                     restoring.call_hook(function)
-            restoring.unmap_restorer_and_detach(region_start, region_size, stop_signal)
+            # the restorer's arguments, read and done with: a scratch for the locks' struct flock
+            restoring.unmap_restorer_and_detach(region_start, region_size, stop_signal, locks, scratch)
     except BaseException:
         creation.kill_all()
         terminals.undo_job_settings()

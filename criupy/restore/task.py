@@ -24,6 +24,9 @@ from criupy.infect.task import INJECTED_SIGMASK
 from criupy.libc import libc
 
 SYS_munmap = 11
+SYS_fcntl = 72
+F_SETLK = 6
+FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
 SYS_rt_sigreturn = 15
 SYS_clone3 = 435
 ZOMBIE_WAIT_SECONDS = 5  # a dumped task's zombie whose parent has not reaped it yet
@@ -223,8 +226,10 @@ class Restoring:
         if result:
             raise RestoreFailed(f"hook {function.spec} returned {result} in PID {self.pid}")
 
-    def unmap_restorer_and_detach(self, start, size, stop_signal=0):
-        """One system call at the restorer's `syscall` instruction, stopped at its exit; then go.
+    def unmap_restorer_and_detach(self, start, size, stop_signal=0, posix_locks=(), scratch=0):
+        """System calls at the restorer's `syscall` instruction, each stopped at its exit; then go: an
+        fcntl(F_SETLK) for each POSIX lock (file_lock_entry; its struct flock written at scratch, in the
+        restorer's mapping), taken by the task itself with its fds in place; then the restorer's munmap.
 
         Every signal is blocked meanwhile: one that comes (a timer's, a child's SIGCHLD) stays pending,
         with its siginfo, until the detach lets the task take it under its dumped mask.
@@ -232,26 +237,15 @@ class Restoring:
         dumped = trace.ptrace_getregs(self.pid)
         mask = trace.get_sigmask(self.pid)
         trace.set_sigmask(self.pid, INJECTED_SIGMASK)
-        regs = trace.copy_regs(dumped)
-        regs.rip = self.syscall_address
-        regs.rax = SYS_munmap
-        regs.orig_rax = 0xFFFFFFFFFFFFFFFF
-        regs.rdi = start
-        regs.rsi = size
-        trace.ptrace_setregs(self.pid, regs)
-        syscall_stops = 0
-        while syscall_stops < 2:  # to the entry stop, then to the exit stop
-            trace.request(PTRACE_SYSCALL, self.pid, 0, 0)
-            sig = os.WSTOPSIG(self._wait())
-            if sig == SYSCALL_STOP:
-                syscall_stops += 1
-            elif sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP):
-                raise self._failure(f"unmapping the restorer failed: {signal.Signals(sig).name}")
-            else:
-                self.held_signals.append(sig)  # unblockable (SIGSTOP): sent again after the detach
-        result = trace.ptrace_getregs(self.pid).rax
+        for lock in posix_locks:  # file_lock_entry.type is fcntl's: F_RDLCK or F_WRLCK
+            trace.write_memory(self.pid, scratch, FLOCK.pack(lock.type, os.SEEK_SET, lock.start, lock.len, 0))
+            result = self._syscall_at_restorer(dumped, SYS_fcntl, lock.fd, F_SETLK, scratch)
+            if result:
+                raise RestoreFailed(f"restoring PID {self.pid}: cannot take the POSIX lock of fd {lock.fd} again: "
+                                    f"{os.strerror(-result)}")
+        result = self._syscall_at_restorer(dumped, SYS_munmap, start, size)
         if result:
-            raise self._failure(f"unmapping the restorer failed: errno {-ctypes.c_long(result).value}")
+            raise self._failure(f"unmapping the restorer failed: errno {-result}")
         trace.ptrace_setregs(self.pid, dumped)
         trace.set_sigmask(self.pid, mask)
         if stop_signal:
@@ -262,6 +256,28 @@ class Restoring:
         trace.request(trace.PTRACE_DETACH, self.pid, 0, 0)
         for sig in self.held_signals:
             os.kill(self.pid, sig)
+
+    def _syscall_at_restorer(self, dumped, nr, *args):
+        """The result (negative errno on failure) of system call nr made by the task at the restorer's `syscall`
+        instruction, from registers dumped with rax, rdi, rsi, rdx set."""
+        regs = trace.copy_regs(dumped)
+        regs.rip = self.syscall_address
+        regs.rax = nr
+        regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+        for name, value in zip(("rdi", "rsi", "rdx"), args):
+            setattr(regs, name, value)
+        trace.ptrace_setregs(self.pid, regs)
+        syscall_stops = 0
+        while syscall_stops < 2:  # to the entry stop, then to the exit stop
+            trace.request(PTRACE_SYSCALL, self.pid, 0, 0)
+            sig = os.WSTOPSIG(self._wait())
+            if sig == SYSCALL_STOP:
+                syscall_stops += 1
+            elif sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP):
+                raise self._failure(f"system call {nr} at the restorer failed: {signal.Signals(sig).name}")
+            else:
+                self.held_signals.append(sig)  # unblockable (SIGSTOP): sent again after the detach
+        return ctypes.c_long(trace.ptrace_getregs(self.pid).rax).value
 
     def kill(self):
         """End the child and reap it: a failed restore leaves no process behind."""

@@ -1,7 +1,7 @@
-"""File locks held through a task's fds (CRIU's file-locks.c): flock and OFD locks, which belong to an open
-file description, are dumped (file-lock.img) and taken again on it at restore. A POSIX lock belongs to the
-process, and the restorer would drop it when it closes criupy's copy of the fd; a lease belongs to the
-file: both stop the dump, naming the fd."""
+"""File locks held through a task's fds (CRIU's file-locks.c), dumped into file-lock.img: flock and OFD locks,
+which belong to an open file description (restore takes them again on it), and POSIX locks, which belong to
+the process (the restored task takes them itself once its fds are in place). A lease stops the dump,
+naming the fd."""
 
 import os
 
@@ -9,7 +9,7 @@ from criupy import proc
 from criupy.errors import CriupyError
 from criupy.images.pb import file_lock_pb2
 
-FLAGS = {"FLOCK": 2, "OFDLCK": 4}  # the locks criupy dumps: file_lock_entry.flag (CRIU's FL_FLOCK, FL_OFD)
+FLAGS = {"POSIX": 1, "FLOCK": 2, "OFDLCK": 4}  # the locks criupy dumps: file_lock_entry.flag (CRIU's FL_*)
 F_RDLCK, F_WRLCK = 0, 1
 
 

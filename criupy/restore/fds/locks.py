@@ -12,9 +12,11 @@ FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
 
 
 def take_locks(task, opened):
-    """Lock each file description of task (DumpedTask; opened: its OpenedFiles) as it was locked at the dump,
-    without waiting: nobody else held these locks then."""
+    """Lock each file description of task (DumpedTask; opened: its OpenedFiles) with the flock and OFD locks
+    it had at the dump, without waiting: nobody else held them then. (POSIX locks: posix_locks.)"""
     for lock in task.file_locks:
+        if lock.flag == FLAGS["POSIX"]:
+            continue
         source = next(source for source, target, _ in opened.fds if target == lock.fd)
         write = lock.type == F_WRLCK
         try:
@@ -27,3 +29,9 @@ def take_locks(task, opened):
             kind = "flock" if lock.flag == FLAGS["FLOCK"] else "OFD"
             raise CriupyError(f"cannot take the {kind} lock of fd {lock.fd} of PID {task.pid} again: "
                               f"{e.strerror}") from None
+
+
+def posix_locks(task):
+    """The POSIX locks of task, which it takes itself once the restorer has put its fds in place (closing
+    criupy's copies of them would drop a lock taken earlier): restore.task.Restoring, at its end."""
+    return [lock for lock in task.file_locks if lock.flag == FLAGS["POSIX"]]
