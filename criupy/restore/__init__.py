@@ -131,6 +131,7 @@ def _restore_tree(images_dir, tasks, detach, pidfile, pie_plugin, call_hooks, sh
             regions[task.pid] = prepare.build(task, premaps.plans[task.pid], opened[task.pid], pages_fd, log_fd,
                                               go_fd, first_own_fd, verbose=log.isEnabledFor(logging.DEBUG),
                                               plugin=plugin, images_fd=images_fd, own_mappings=own_mappings)
+
         def before_children(task):  # in the new task: what it shares with its children, and holds
             premaps.premap(task)
             if task.file_locks:  # a zombie has none

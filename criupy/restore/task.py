@@ -21,12 +21,12 @@ from criupy import proc
 from criupy.errors import CriupyError
 from criupy.infect import hook, trace
 from criupy.infect.task import INJECTED_SIGMASK
+from criupy.restore.fds.locks import FLOCK
 from criupy.libc import libc
 
 SYS_munmap = 11
 SYS_fcntl = 72
 F_SETLK = 6
-FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
 SYS_rt_sigreturn = 15
 SYS_clone3 = 435
 ZOMBIE_WAIT_SECONDS = 5  # a dumped task's zombie whose parent has not reaped it yet

@@ -23,8 +23,8 @@ def take_locks(task, opened):
             if lock.flag == FLAGS["FLOCK"]:
                 fcntl.flock(source, (fcntl.LOCK_EX if write else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             else:
-                fcntl.fcntl(source, F_OFD_SETLK, FLOCK.pack(fcntl.F_WRLCK if write else fcntl.F_RDLCK, os.SEEK_SET,
-                                                           lock.start, lock.len, 0))
+                # file_lock_entry.type is fcntl's: F_RDLCK or F_WRLCK
+                fcntl.fcntl(source, F_OFD_SETLK, FLOCK.pack(lock.type, os.SEEK_SET, lock.start, lock.len, 0))
         except OSError as e:
             kind = "flock" if lock.flag == FLAGS["FLOCK"] else "OFD"
             raise CriupyError(f"cannot take the {kind} lock of fd {lock.fd} of PID {task.pid} again: "
