@@ -3,24 +3,25 @@
 A build-id names one build of a binary; criupy.elf reads it with pyelftools, whose import takes ~25 ms here,
 a sixth of the dump or restore of a small process. So those commands start a helper first (start_helper):
 a fork of criupy that loads pyelftools on the other CPU while criupy loads protobuf and python-ptrace, then
-reads one build-id per request from the file's fd, which criupy sends over a socket (SCM_RIGHTS). The
-helper only saves time: stopped, dead or never started, criupy reads the build-id itself."""
+reads one build-id per request, through /proc/<criupy>/fd/<fd> of the fd criupy holds open for it (two pipes:
+the fd's number, the bytes back). The helper only saves time: stopped, dead or never started, criupy reads
+the build-id itself."""
 
 import os
 import signal
-import socket
 import struct
 import sys
 
 ELF_MAGIC = b"\x7fELF"
 PR_SET_PDEATHSIG = 1
+PIPE_BUF = 4096  # a pipe write of up to this many bytes arrives whole
 
 # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> build_id_words of that file (ctime too: a file rewritten
 # in place with its mtime set back has a new one): parsing ELF takes milliseconds, so
 # the dump reads the mapped files' build-ids before it stops the process (criupy.dump.memory.check_mappings),
 # and a restore reads each once for all the tasks of a tree that map it (criupy.restore.files)
 _words_by_file = {}
-_helper = None  # (criupy's end of the socket, the helper's PID) while it runs
+_helper = None  # (the helper's PID, criupy's ends of the request and reply pipes) while it runs
 _helper_started = False
 
 
@@ -56,14 +57,15 @@ def _ask_helper(path):
     try:
         if os.pread(fd, len(ELF_MAGIC), 0) != ELF_MAGIC:
             return b""  # most open files: no need to wake the helper (a dump may be in its frozen time)
+        _, requests, replies = _helper
         try:
-            socket.send_fds(_helper[0], [b"?"], [fd])
-            reply, _, flags, _ = _helper[0].recvmsg(4096)
+            os.write(requests, b"%d\n" % fd)  # the helper opens it as /proc/<criupy>/fd/<fd>, while it is open
+            reply = os.read(replies, PIPE_BUF)  # one request at a time: one reply, written whole
         except OSError:
-            reply, flags = b"", 0
+            reply = b""
     finally:
         os.close(fd)
-    if not reply or flags & socket.MSG_TRUNC:  # gone, or a build-id over 4 KiB: criupy reads them from now on
+    if not reply.startswith(b"!"):  # gone, or a build-id too long for one reply: criupy reads them from now on
         stop_helper()
         return None
     return reply[1:]
@@ -76,39 +78,45 @@ def start_helper():
     if _helper_started or "elftools" in sys.modules:
         return
     _helper_started = True
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    request_read, request_write = os.pipe2(os.O_CLOEXEC)
+    reply_read, reply_write = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
     try:
         pid = os.fork()
     except OSError:  # no process to spare (RLIMIT_NPROC, say): criupy reads build-ids itself
-        ours.close()
-        theirs.close()
-        return
+        pid = None
     if pid == 0:
         status = 1
         try:
-            ours.close()
-            _serve(theirs, parent)
+            os.close(request_write)
+            os.close(reply_read)
+            _serve(request_read, reply_write, parent)
             status = 0
         finally:
             os._exit(status)  # never criupy's cleanups, nor an exception's trace, in the helper
-    theirs.close()
-    _helper = (ours, pid)
+    os.close(request_read)
+    os.close(reply_write)
+    if pid is None:
+        os.close(request_write)
+        os.close(reply_read)
+        return
+    _helper = (pid, request_write, reply_read)
 
 
 def stop_helper(if_pid_in=None):
     """End the helper, if it runs, and reap it. if_pid_in: only if its PID is one of these (a restore's)."""
     global _helper
-    if _helper is None or if_pid_in is not None and _helper[1] not in if_pid_in:
+    if _helper is None or if_pid_in is not None and _helper[0] not in if_pid_in:
         return
-    sock, pid = _helper
+    pid, requests, replies = _helper
     _helper = None
-    sock.close()
+    os.close(requests)
+    os.close(replies)
     os.kill(pid, signal.SIGKILL)  # now, even in the middle of its imports or of a file
     os.waitpid(pid, 0)
 
 
-def _serve(sock, parent):
+def _serve(requests, replies, parent):
     from criupy.libc import libc
 
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # it never outlives criupy
@@ -117,13 +125,11 @@ def _serve(sock, parent):
     from criupy import elf
 
     while True:
-        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
-        if not fds:
+        request = os.read(requests, 64)
+        if not request:
             return  # criupy closed its end
         try:
-            found = elf.build_id(f"/proc/self/fd/{fds[0]}") or b""
+            found = elf.build_id(f"/proc/{parent}/fd/{int(request)}") or b""
         except OSError:
             found = b""
-        finally:
-            os.close(fds[0])
-        sock.send(b"!" + found)
+        os.write(replies, b"!" + found if len(found) < PIPE_BUF else b"too long")

@@ -64,7 +64,7 @@ def test_the_helper_reads_build_ids_and_criupy_never_loads_pyelftools(tmp_path):
 import json, os, sys
 from criupy import buildid
 buildid.start_helper()
-pid = buildid._helper[1]
+pid = buildid._helper[0]
 words = [buildid.build_id_words(path) for path in {_three_files(tmp_path)!r}]
 loaded = "elftools" in sys.modules
 buildid.stop_helper()
@@ -81,7 +81,7 @@ def test_a_helper_killed_midway_leaves_criupy_reading_build_ids_itself(tmp_path)
 import json, os, signal, sys
 from criupy import buildid
 buildid.start_helper()
-pid = buildid._helper[1]
+pid = buildid._helper[0]
 os.kill(pid, signal.SIGKILL)
 words = [buildid.build_id_words(path) for path in {_three_files(tmp_path)!r}]
 print(json.dumps({{"words": words, "helper": buildid._helper, "reaped": not os.path.exists(f"/proc/{{pid}}")}}))
@@ -94,7 +94,7 @@ def test_a_restore_stops_the_helper_only_if_it_took_a_pid_of_the_tree():
 import json, os
 from criupy import buildid
 buildid.start_helper()
-pid = buildid._helper[1]
+pid = buildid._helper[0]
 buildid.stop_helper(if_pid_in={pid + 1, 1})
 kept = buildid._helper is not None
 buildid.stop_helper(if_pid_in={pid})
