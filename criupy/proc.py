@@ -256,7 +256,8 @@ def _unescape(field):
 
 
 class FileLock(NamedTuple):
-    """A lock held on a file (a line of /proc/locks, or of an fd's fdinfo): kind FLOCK, OFDLCK, POSIX, LEASE..."""
+    """A lock held on a file (a "lock:" line of an fd's fdinfo, as /proc/locks has them): kind FLOCK, OFDLCK,
+    POSIX, LEASE..."""
 
     kind: str
     write: bool
@@ -265,33 +266,17 @@ class FileLock(NamedTuple):
     end: int     # the last byte locked; -1 for the end of the file, however long it grows
 
 
-def _file_lock(fields):
-    # KIND ADVISORY|MANDATORY READ|WRITE|... PID MAJOR:MINOR:INODE START END
-    return FileLock(kind=fields[0], write=fields[2] == "WRITE", pid=int(fields[3]), start=int(fields[5]),
-                    end=-1 if fields[6] == "EOF" else int(fields[6]))
-
-
-def locked_files():
-    """{(major, minor, inode): [FileLock]} of every lock held now, from /proc/locks (waiters, "->", left out)."""
-    found = {}
-    with open("/proc/locks") as f:
-        for line in f:
-            fields = line.split()[1:]
-            if fields and fields[0] != "->":
-                major, minor, inode = fields[4].split(":")
-                found.setdefault((int(major, 16), int(minor, 16), int(inode)), []).append(_file_lock(fields))
-    return found
-
-
 def fd_locks(pid, fd):
     """The locks placed through an fd (its fdinfo's "lock:" lines): an flock or OFD lock of its open file
     description, a POSIX lock of the process on its file."""
     locks = []
     for line in fdinfo_text(pid, fd).splitlines():
         if line.startswith("lock:"):
+            # lock:  N: KIND ADVISORY|MANDATORY READ|WRITE PID MAJOR:MINOR:INODE START END ("->": a waiter)
             fields = line.split()[2:]
             if fields and fields[0] != "->":
-                locks.append(_file_lock(fields))
+                locks.append(FileLock(kind=fields[0], write=fields[2] == "WRITE", pid=int(fields[3]),
+                                      start=int(fields[5]), end=-1 if fields[6] == "EOF" else int(fields[6])))
     return locks
 
 

@@ -44,6 +44,7 @@ KCMP_FILE = 0
 # character device majors of terminals (devices.txt): ptys, ttys, /dev/tty, /dev/console, ptmx, serial
 TTY_MAJORS = {2, 3, 4, 5, *range(128, 144), 188, 204}
 FD_READ_TRIES = 10  # a running task may close an fd and reuse its number while criupy reads it
+LOCKABLE = ("reg", "memfd")  # the kinds whose locks the dump looks for (a lock on a pipe or socket is not)
 
 
 def _no_owner():
@@ -259,9 +260,8 @@ def inspect_fds(pid, tree_pids=()):
                 open_fd.sock = inet_sockets.get(st.st_ino) or inet.unbound_socket(pid, fd, st.st_ino)
                 inet.check(fd, open_fd.sock)
         result.append(open_fd)
-    locked = proc.locked_files()
     for open_fd in result:
-        if locks.file_key(open_fd.st) in locked:
+        if "lock" in open_fd.info.extra:  # fdinfo has a "lock:" line
             locks.lock_entries(pid, open_fd.fd, open_fd.link)  # refuses the locks criupy cannot take again
     task_sockets = {open_fd.sock.ino for open_fd in result if open_fd.kind == "unix"}
     if unix_sockets is not None:
@@ -348,7 +348,6 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
     fdinfo = []
     sk_queues = []
     file_locks = []
-    locked = proc.locked_files()  # once: most processes hold no lock, and their fdinfo need not be read again
     unix_now = inet_now = None  # unix sockets with no peer, TCP and UDP sockets: listed again once frozen
     pipe_readers = {}  # pipe inode -> OpenFd of the first read end: where its data is read from
     fifo_readers = {}  # the same for FIFOs
@@ -420,7 +419,7 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
             fifo_readers[open_fd.st.st_ino] = open_fd
         fdinfo.append(fdinfo_pb2.fdinfo_entry(id=file_id, flags=FD_CLOEXEC if open_fd.info.flags & O_CLOEXEC else 0,
                                               type=FD_TYPES[open_fd.kind], fd=open_fd.fd))
-        if locks.file_key(open_fd.st) in locked:
+        if open_fd.kind in LOCKABLE:  # read again now: a lock taken since the first look counts
             file_locks += locks.lock_entries(pid, open_fd.fd, open_fd.link)
     pipe_data = _pipe_contents(list(pipe_readers.items()), steal_fds) if pipe_readers else []
     fifo_data = _pipe_contents(list(fifo_readers.items()), steal_fds) if fifo_readers else []

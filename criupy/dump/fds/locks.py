@@ -1,9 +1,8 @@
-"""File locks held through a task's fds (CRIU's file-locks.c), dumped into file-lock.img: flock and OFD locks,
+"""File locks held through a task's fds (CRIU's file-locks.c), found in their fdinfo ("lock:" lines; /proc/locks
+takes 10 to 20 ms to read the first time in a process here), dumped into file-lock.img: flock and OFD locks,
 which belong to an open file description (restore takes them again on it), and POSIX locks, which belong to
 the process (the restored task takes them itself once its fds are in place). A lease stops the dump,
 naming the fd."""
-
-import os
 
 from criupy import proc
 from criupy.errors import CriupyError
@@ -11,11 +10,6 @@ from criupy.images.pb import file_lock_pb2
 
 FLAGS = {"POSIX": 1, "FLOCK": 2, "OFDLCK": 4}  # the locks criupy dumps: file_lock_entry.flag (CRIU's FL_*)
 F_RDLCK, F_WRLCK = 0, 1
-
-
-def file_key(st):
-    """(major, minor, inode) of a file, as /proc/locks (proc.locked_files) names it."""
-    return os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
 
 
 def lock_entries(pid, fd, what):
