@@ -13,14 +13,13 @@ import os
 import socket
 import struct
 
-from criupy.dump.fds.sockets import sk_opts, sock_diag
+from criupy.dump.fds.sockets import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, borrowed, sk_opts, sock_diag
 from criupy.errors import CriupyError
 from criupy.images.pb import sk_inet_pb2, tcp_stream_pb2
 from criupy.libc import libc
 
 log = logging.getLogger("criupy.dump")
 
-TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
 SYS_pidfd_getfd = 438
 INET_DIAG_REQ_V2 = struct.Struct("=BBBxI48x")  # family, protocol, ext, states; the socket id left empty
 INET_DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
@@ -107,24 +106,21 @@ def socket_entry(fd, file_id, file_flags, sock, stolen_fd, fown):
     if sock.protocol == socket.IPPROTO_UDP and sock.rqueue:
         log.warning("fd %d: the %d bytes of datagrams waiting in UDP socket %s are not dumped", fd, sock.rqueue,
                     sock.address(sock.src, sock.src_port))
-    with socket.socket(sock.family, sock_type, sock.protocol, fileno=stolen_fd) as copy:
-        try:
-            entry = sk_inet_pb2.inet_sk_entry(
-                id=file_id, ino=sock.ino, family=sock.family, type=sock_type, proto=sock.protocol, state=sock.state,
-                src_port=sock.src_port, dst_port=sock.dst_port, flags=file_flags,
-                backlog=sock.wqueue if sock.state == TCP_LISTEN else 0,  # a listening socket's: its backlog
-                src_addr=_words(sock.src), dst_addr=_words(sock.dst), fown=fown, opts=sk_opts(copy))
-            if sock.family == socket.AF_INET6:
-                entry.v6only = bool(copy.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
-            if sock.protocol == socket.IPPROTO_TCP:
-                entry.tcp_opts.CopyFrom(tcp_stream_pb2.tcp_opts_entry(
-                    nodelay=bool(copy.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)),
-                    cork=bool(copy.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)),
-                    keepcnt=copy.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-                    keepidle=copy.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-                    keepintvl=copy.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)))
-        finally:
-            copy.detach()
+    with borrowed(stolen_fd, sock.family, sock_type, sock.protocol) as copy:
+        entry = sk_inet_pb2.inet_sk_entry(
+            id=file_id, ino=sock.ino, family=sock.family, type=sock_type, proto=sock.protocol, state=sock.state,
+            src_port=sock.src_port, dst_port=sock.dst_port, flags=file_flags,
+            backlog=sock.wqueue if sock.state == TCP_LISTEN else 0,  # a listening socket's: its backlog
+            src_addr=_words(sock.src), dst_addr=_words(sock.dst), fown=fown, opts=sk_opts(copy))
+        if sock.family == socket.AF_INET6:
+            entry.v6only = bool(copy.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+        if sock.protocol == socket.IPPROTO_TCP:
+            entry.tcp_opts.CopyFrom(tcp_stream_pb2.tcp_opts_entry(
+                nodelay=bool(copy.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)),
+                cork=bool(copy.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)),
+                keepcnt=copy.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                keepidle=copy.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                keepintvl=copy.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)))
     log.debug("fd %d: %s socket on %s, state %d", fd, name, sock.address(sock.src, sock.src_port), sock.state)
     return entry
 

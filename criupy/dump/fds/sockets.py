@@ -1,6 +1,7 @@
 """What every kind of socket shares: the kernel's list of them (sock_diag, NETLINK_SOCK_DIAG, as `ss` reads
-it) and their options (CRIU's sk_opts_entry), read through criupy's copy of the socket."""
+it), their states, and their options (CRIU's sk_opts_entry), read through criupy's copy of the socket."""
 
+import contextlib
 import functools
 import socket
 import struct
@@ -15,7 +16,8 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLMSGHDR = struct.Struct("=IHHII")
 RTATTR = struct.Struct("=HH")
 TIMEVAL = struct.Struct("=qq")
-SO_BINDTODEVICE = 25
+# the states sock_diag reports (the kernel's TCP_* values serve unix sockets too)
+TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
 
 
 def sock_diag(request, what):
@@ -46,6 +48,17 @@ def attributes(data):
         data = data[(length + 3) & ~3:]
 
 
+@contextlib.contextmanager
+def borrowed(stolen_fd, *kind):
+    """A socket object on stolen_fd (criupy's copy of a task's socket) for the block; the fd stays open,
+    its owner closes it. kind: family, type, protocol, else the kernel is asked."""
+    sock = socket.socket(*kind, fileno=stolen_fd)
+    try:
+        yield sock
+    finally:
+        sock.detach()
+
+
 def sk_opts(sock):
     """The socket-level options of sock (a socket object on criupy's copy of the task's socket)."""
     get = functools.partial(sock.getsockopt, socket.SOL_SOCKET)
@@ -57,7 +70,7 @@ def sk_opts(sock):
         so_rcvlowat=get(socket.SO_RCVLOWAT), reuseaddr=bool(get(socket.SO_REUSEADDR)),
         so_reuseport=bool(get(socket.SO_REUSEPORT)), so_keepalive=bool(get(socket.SO_KEEPALIVE)),
         so_broadcast=bool(get(socket.SO_BROADCAST)), so_priority=get(socket.SO_PRIORITY),
-        so_bound_dev=get(SO_BINDTODEVICE, 16).rstrip(b"\0").decode())
+        so_bound_dev=get(socket.SO_BINDTODEVICE, 16).rstrip(b"\0").decode())
     if sock.family == socket.AF_UNIX:
         opts.so_passcred = bool(get(socket.SO_PASSCRED))  # EOPNOTSUPP on other families
     return opts

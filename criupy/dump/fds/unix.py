@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 
-from criupy.dump.fds.sockets import attributes, sk_opts, sock_diag
+from criupy.dump.fds.sockets import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, attributes, borrowed, sk_opts, sock_diag
 from criupy.errors import CriupyError
 from criupy.images.pb import sk_packet_pb2, sk_unix_pb2
 
@@ -30,7 +30,6 @@ UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN, UDIAG_SHOW_S
 UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 1, 2, 4, 6
 UNIX_DIAG_REQ = struct.Struct("=BBHIIIII")
 UNIX_DIAG_MSG = struct.Struct("=BBBBIII")
-TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
 
 SO_PEEK_OFF = 42
 SCM_MAX_FD = 253
@@ -131,11 +130,8 @@ def _check_unpaired(fd, sock):
 
 def socket_entry(file_id, file_flags, sock, stolen_fd, fown):
     """The unix_sk_entry of sock (UnixSocket), its options read through stolen_fd (criupy's copy)."""
-    with socket.socket(fileno=stolen_fd) as copy:
-        try:
-            opts = sk_opts(copy)
-        finally:
-            copy.detach()
+    with borrowed(stolen_fd) as copy:
+        opts = sk_opts(copy)
     entry = sk_unix_pb2.unix_sk_entry(
         id=file_id, ino=sock.ino, type=sock.type, state=sock.state, flags=file_flags, uflags=0,
         backlog=sock.wqueue if sock.state == TCP_LISTEN else 0, peer=sock.peer, fown=fown, opts=opts,
@@ -148,11 +144,8 @@ def socket_entry(file_id, file_flags, sock, stolen_fd, fown):
 
 def queued_messages(fd, file_id, stolen_fd):
     """[(sk_packet_entry, bytes)] of what waits in the socket's receive queue, in order, left in place."""
-    with socket.socket(fileno=stolen_fd) as copy:
-        try:
-            return _peek_all(fd, file_id, copy)
-        finally:
-            copy.detach()
+    with borrowed(stolen_fd) as copy:
+        return _peek_all(fd, file_id, copy)
 
 
 def _peek_all(fd, file_id, sock):

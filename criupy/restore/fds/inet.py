@@ -4,11 +4,10 @@ dumped address, then listen() with the dumped backlog or, for a connected UDP so
 import socket
 import struct
 
+from criupy.dump.fds.sockets import TCP_ESTABLISHED, TCP_LISTEN
 from criupy.errors import CriupyError
 from criupy.restore.fds.anon import with_status_flags
 from criupy.restore.fds.sockets import set_sk_opts
-
-TCP_ESTABLISHED, TCP_LISTEN = 1, 10
 
 
 def _address(family, words, port):

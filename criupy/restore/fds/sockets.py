@@ -1,11 +1,10 @@
 """What every kind of socket shares in a restore: its options (sk_opts_entry, see criupy/dump/fds/sockets.py)."""
 
 import socket
-import struct
 
-TIMEVAL = "=qq"
+from criupy.dump.fds.sockets import TIMEVAL
+
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
-SO_BINDTODEVICE = 25
 # sk_opts_entry's flags that are set only when true (their default is false)
 FLAGS = {"reuseaddr": socket.SO_REUSEADDR, "so_reuseport": socket.SO_REUSEPORT, "so_keepalive": socket.SO_KEEPALIVE,
          "so_broadcast": socket.SO_BROADCAST, "so_passcred": socket.SO_PASSCRED}
@@ -23,10 +22,8 @@ def set_sk_opts(sock, opts):
     """Give sock (a socket object) the dumped options: before it is bound, for SO_REUSEADDR and the like."""
     _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, opts.so_sndbuf)
     _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, opts.so_rcvbuf)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack(TIMEVAL, opts.so_snd_tmo_sec,
-                                                                       opts.so_snd_tmo_usec))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack(TIMEVAL, opts.so_rcv_tmo_sec,
-                                                                       opts.so_rcv_tmo_usec))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, TIMEVAL.pack(opts.so_snd_tmo_sec, opts.so_snd_tmo_usec))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL.pack(opts.so_rcv_tmo_sec, opts.so_rcv_tmo_usec))
     for field, option in FLAGS.items():
         if getattr(opts, field):
             sock.setsockopt(socket.SOL_SOCKET, option, 1)
@@ -35,4 +32,4 @@ def set_sk_opts(sock, opts):
     if opts.so_priority:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, opts.so_priority)
     if opts.so_bound_dev:
-        sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, opts.so_bound_dev.encode())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, opts.so_bound_dev.encode())

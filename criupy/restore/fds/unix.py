@@ -6,13 +6,13 @@ import os
 import socket
 import stat
 
+from criupy.dump.fds.sockets import TCP_LISTEN
 from criupy.dump.fds.unix import shown_name
 from criupy.errors import CriupyError
 from criupy.restore.fds.anon import with_status_flags
 from criupy.restore.fds.sockets import set_sk_opts
 
 SEND_SHUTDOWN_HOW = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}  # sk_shutdown -> how
-TCP_LISTEN = 10
 
 
 def open_pair(first, second, queues, hold, listener=None):
