@@ -20,6 +20,9 @@ from criupy.libc import libc
 
 
 SYS_clone3 = 435
+SYS_ioctl = 16
+SYS_inotify_add_watch = 254
+SYS_inotify_init1 = 294
 SYS_process_vm_readv = 310
 SYS_userfaultfd = 323
 PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg), 96 bytes
@@ -141,15 +144,13 @@ def probe_soft_dirty():
 def probe_inotify_next_wd():
     from criupy.restore.fds.inotify import INOTIFY_IOC_SETNEXTWD
 
-    fd = libc.inotify_init1(os.O_CLOEXEC)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    fd = _syscall(SYS_inotify_init1, os.O_CLOEXEC)
     try:
-        if libc.ioctl(fd, INOTIFY_IOC_SETNEXTWD, ctypes.c_ulong(7)) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"INOTIFY_IOC_SETNEXTWD: {os.strerror(err)} (CONFIG_CHECKPOINT_RESTORE unset?)")
-        wd = libc.inotify_add_watch(fd, b"/", ctypes.c_uint32(1))  # IN_ACCESS
+        try:
+            _syscall(SYS_ioctl, fd, INOTIFY_IOC_SETNEXTWD, 7)
+        except OSError as e:
+            raise OSError(e.errno, f"INOTIFY_IOC_SETNEXTWD: {e.strerror} (CONFIG_CHECKPOINT_RESTORE unset?)") from None
+        wd = _syscall(SYS_inotify_add_watch, fd, b"/", 1)  # IN_ACCESS
         if wd != 7:
             raise OSError(0, f"asked for wd 7, got {wd}")
     finally:
