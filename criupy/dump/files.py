@@ -44,7 +44,7 @@ KCMP_FILE = 0
 # character device majors of terminals (devices.txt): ptys, ttys, /dev/tty, /dev/console, ptmx, serial
 TTY_MAJORS = {2, 3, 4, 5, *range(128, 144), 188, 204}
 FD_READ_TRIES = 10  # a running task may close an fd and reuse its number while criupy reads it
-LOCKABLE = ("reg", "memfd")  # the kinds whose locks the dump looks for (a lock on a pipe or socket is not)
+LOCKABLE = ("reg", "memfd")  # the kinds whose locks the frozen dump looks for again (a lock elsewhere is rare)
 
 
 def _no_owner():
@@ -318,7 +318,7 @@ def _same_description(pid1, fd1, pid2, fd2):
 
 class DumpedFds(NamedTuple):
     fdinfo: list       # fdinfo_entry, by fd
-    locks: list        # file_lock_entry of each flock and OFD lock placed through an fd
+    locks: list        # file_lock_entry of each lock placed through an fd
     pipe_data: list    # (pipe_data_entry, bytes)
     sk_queues: list    # (sk_packet_entry, bytes)
     fifo_data: list    # (pipe_data_entry, bytes) of FIFOs
@@ -419,7 +419,8 @@ def _dump_fds(pid, open_fds, files, steal_fds, stolen_sockets, terminals, stat):
             fifo_readers[open_fd.st.st_ino] = open_fd
         fdinfo.append(fdinfo_pb2.fdinfo_entry(id=file_id, flags=FD_CLOEXEC if open_fd.info.flags & O_CLOEXEC else 0,
                                               type=FD_TYPES[open_fd.kind], fd=open_fd.fd))
-        if open_fd.kind in LOCKABLE:  # read again now: a lock taken since the first look counts
+        # read again now, for every file a lock may be taken on since the first look, and every fd that had one
+        if open_fd.kind in LOCKABLE or "lock" in open_fd.info.extra:
             file_locks += locks.lock_entries(pid, open_fd.fd, open_fd.link)
     pipe_data = _pipe_contents(list(pipe_readers.items()), steal_fds) if pipe_readers else []
     fifo_data = _pipe_contents(list(fifo_readers.items()), steal_fds) if fifo_readers else []

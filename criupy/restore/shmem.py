@@ -15,7 +15,6 @@ from criupy.libc import MAP_FAILED, libc
 from criupy.restore.memory import PAGE_SIZE, PE_PRESENT, VMA_ANON_SHARED
 
 
-
 def region_sizes(tasks):
     """shmid -> bytes the region must hold: the furthest any task maps it."""
     sizes = {}

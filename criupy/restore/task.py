@@ -21,14 +21,14 @@ from criupy import proc
 from criupy.errors import CriupyError
 from criupy.infect import hook, trace
 from criupy.infect.task import INJECTED_SIGMASK
-from criupy.restore.fds.locks import FLOCK
 from criupy.libc import libc
+from criupy.restore.fds.locks import FLOCK
 
 SYS_munmap = 11
 SYS_fcntl = 72
-F_SETLK = 6
 SYS_rt_sigreturn = 15
 SYS_clone3 = 435
+F_SETLK = 6
 ZOMBIE_WAIT_SECONDS = 5  # a dumped task's zombie whose parent has not reaped it yet
 PTRACE_SYSCALL = 24
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F

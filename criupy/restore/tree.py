@@ -7,8 +7,9 @@ anything else, becomes what the dump recorded, in the order CRIU's restore_task_
   - a group whose leader is gone gets a helper with the leader's PID (CRIU's TASK_HELPER), made by
     the session's leader before its children; its members join as they are made, and once all are
     in (criupy releases the helpers) the helper exits and its host reaps it;
-  - it premaps the memory its children share with it (criupy.restore.cow), and creates its children,
-    each the same way (so their parent is the dumped one);
+  - it premaps the memory its children share with it (criupy.restore.cow) and takes its flock and OFD
+    locks (criupy.restore.fds.locks), then creates its children, each the same way (so their parent is
+    the dumped one);
   - a zombie exits at once with its dumped status; its parent waits until it has (without reaping
     it) and takes the SIGCHLD it sent, which the dumped parent had seen already;
   - then it calls its own restorer, which waits for criupy's go. A task in a group led by another
@@ -81,7 +82,7 @@ class TreeCreation:
     def __init__(self, tasks, start_restorer, helpers=None, before_children=None):
         """start_restorer(task): jump into the task's restorer (in the new task; never returns).
         helpers: {pgid: host PID} from check_tree. before_children(task): runs in the new task before it
-        creates its children (criupy.restore.cow premaps what they share with it)."""
+        creates its children (criupy.restore.cow premaps what they share with it, the task takes its locks)."""
         self.tasks = tasks
         self.start_restorer = start_restorer
         self.before_children = before_children
